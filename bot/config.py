@@ -149,12 +149,14 @@ class QueueConfig:
     batch_size: int = 4  # compatible waiting jobs (same size, steps, guidance) run as one pipeline call
     redis_url: str = ""  # empty = in-process queue
     redis_prefix: str = "refinery"  # key prefix shared by the bot and its `refinery worker` processes
+    cancel_emoji: str = "❌"  # the requester's (or a moderator's) reaction with it on an acknowledgement cancels
 
     def check(self) -> None:
         _in_range("queue.max_depth", self.max_depth, 1, 100_000)
         _in_range("queue.max_per_user", self.max_per_user, 1, 1000)
         _in_range("queue.cooldown_s", self.cooldown_s, 0.0, 86400.0)
         _in_range("queue.batch_size", self.batch_size, 1, 64)
+        _require(bool(self.cancel_emoji.strip()), "queue.cancel_emoji", self.cancel_emoji, "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,7 @@ class ModerationConfig:
     events_per_minute: int = 30  # reactions + replies per user per minute; the rest are dropped
     nsfw_words: tuple[str, ...] = ()  # prompts naming one are NSFW: allowed as is only in NSFW channels
     nsfw_action: str = "spoiler"  # outside NSFW channels: "spoiler" (images sent as spoilers) or "refuse"
+    safety_checker: str = ""  # StableDiffusionSafetyChecker (hub id or folder) that flags images; empty = off
 
     def check(self) -> None:
         for role in self.moderator_roles:
@@ -186,6 +189,25 @@ class ModerationConfig:
 
 
 @dataclass(frozen=True)
+class PerformanceConfig:
+    """GPU speed-ups (pipeline/acceleration.py). Each applies on CUDA only unless noted."""
+
+    channels_last: bool = True  # UNet and VAE in channels_last memory format
+    fuse_qkv: bool = True  # one fused projection for attention's query, key and value
+    compile: str = "auto"  # torch.compile the UNet and VAE decoder: auto (on CUDA) | on | off
+    compile_mode: str = "default"  # torch.compile mode (max-autotune* compile for minutes)
+    compile_cache_dir: str = ""  # inductor caches reused across restarts; empty = <data_dir>/torch-cache
+    warmup: bool = True  # one generation at start-up, so no user's job pays for compiling
+    prompt_cache_size: int = 64  # text-encoder outputs kept for repeated prompts, on any device; 0 = off
+
+    def check(self) -> None:
+        _one_of("performance.compile", self.compile, ("auto", "on", "off"))
+        _one_of("performance.compile_mode", self.compile_mode,
+                ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+        _in_range("performance.prompt_cache_size", self.prompt_cache_size, 0, 100_000)
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -195,11 +217,12 @@ class Config:
     queue: QueueConfig = field(default_factory=QueueConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     base_dir: Path = Path(".")  # folder of the config file; not a TOML key
 
     def check(self) -> None:
         for section in (self.model, self.generation, self.discord, self.votes, self.storage, self.queue,
-                        self.refine, self.moderation):
+                        self.refine, self.moderation, self.performance):
             section.check()
         _require(len(self.votes.emoji) == self.generation.candidates, "votes.emoji", self.votes.emoji,
                  f"needs one emoji per candidate ({self.generation.candidates})")
@@ -207,6 +230,9 @@ class Config:
                  "moderation.flag_emoji", self.moderation.flag_emoji, "must differ from the vote emoji")
         _require(self.moderation.remove_emoji not in (*self.votes.emoji, self.votes.none_emoji),
                  "moderation.remove_emoji", self.moderation.remove_emoji, "must differ from the vote emoji")
+        _require(self.queue.cancel_emoji not in (*self.votes.emoji, self.moderation.flag_emoji,
+                                                 self.moderation.remove_emoji),
+                 "queue.cancel_emoji", self.queue.cancel_emoji, "must differ from the vote, flag and remove emoji")
 
     @property
     def data_dir(self) -> Path:
@@ -219,6 +245,11 @@ class Config:
     @property
     def oxen_repo_path(self) -> Path:
         return self._path(self.storage.oxen_repo) if self.storage.oxen_repo else self.data_dir / "oxen"
+
+    @property
+    def compile_cache_path(self) -> Path:
+        cache = self.performance.compile_cache_dir
+        return self._path(cache) if cache else self.data_dir / "torch-cache"
 
     def _path(self, value: str) -> Path:
         path = Path(value).expanduser()
