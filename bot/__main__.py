@@ -89,6 +89,8 @@ def _config(path: Path | None) -> Config:
 
 
 def _worker(args: argparse.Namespace, config: Config) -> int:
+    from dataclasses import replace
+
     from bot.app import generator_settings
     from pipeline.diffusers_generator import DiffusersGenerator
     from pipeline.redis_worker import serve
@@ -101,7 +103,10 @@ def _worker(args: argparse.Namespace, config: Config) -> int:
         print(f"refinery worker: --batch-size must be ≥ 1 and --claim-after > 0 (got {args.batch_size}, "
               f"{args.claim_after})", file=sys.stderr)
         return 2
-    return serve(DiffusersGenerator(generator_settings(config)), url, prefix=args.prefix, name=args.name,
+    settings = generator_settings(config)
+    # Warm up (compile) for the batches this worker will really run: --batch-size, not [queue]'s.
+    settings = replace(settings, acceleration=replace(settings.acceleration, warmup_batch=args.batch_size))
+    return serve(DiffusersGenerator(settings), url, prefix=args.prefix, name=args.name,
                  batch_size=args.batch_size, claim_after_s=args.claim_after, step_delay_s=args.test_step_delay)
 
 

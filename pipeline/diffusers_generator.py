@@ -16,18 +16,19 @@ SD 1.5, which were fine-tuned with both frozen); otherwise that mode loads its w
 Reproducibility: each candidate gets its own CPU `torch.Generator` seeded with its seed, so a seed
 means the same starting noise on CPU, CUDA and MPS (CPU generators are diffusers' advice for
 portable seeds; noise is drawn on the CPU and moved, a negligible cost for latents).
+
+Speed-ups (fused QKV, channels_last, torch.compile, the prompt-embedding cache) live in
+pipeline/acceleration.py; `load()` applies them to every pipeline, and `warm_up()` runs the usual
+shape once so that compiling happens at start-up, not in a user's job.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -39,13 +40,16 @@ from diffusers import (
     StableDiffusionInpaintPipeline,
     StableDiffusionInstructPix2PixPipeline,
     StableDiffusionPipeline,
-    UNet2DConditionModel,
 )
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
-from pipeline.masks import ClipSegMasker, decode_image, encode_png, normalise_mask
+from pipeline.acceleration import Acceleration, Speedups
+from pipeline.call_arguments import call_arguments, check_request
+from pipeline.checkpoints import load_unet, revision_of
+from pipeline.masks import ClipSegMasker, encode_png
 from pipeline.requests import GenerationRequest, GenerationResult, Mode, ProgressCallback
+from pipeline.safety import ImageSafetyChecker
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,6 @@ SCHEDULERS: dict[str, Any] = {
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = {"auto": None, "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
 class ModelNotConfigured(ValueError):
@@ -83,6 +86,8 @@ class GeneratorSettings:
     inpaint_model: str | None = None  # 9-channel inpainting checkpoint or bare UNet folder
     clipseg_model: str | None = None  # CLIPSegForImageSegmentation, for masks from a phrase
     cpu_threads: int | None = None  # torch.set_num_threads at load: process-wide
+    acceleration: Acceleration = field(default_factory=Acceleration)  # speed-ups, see pipeline/acceleration.py
+    safety_checker: str | None = None  # StableDiffusionSafetyChecker: flags images (result.nsfw)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -124,7 +129,11 @@ class DiffusersGenerator:
         self._pipes: dict[Mode, Any] = {}
         self._mode_models: dict[Mode, tuple[str, str]] = {}  # mode → (model, revision) when not base
         self._masker: ClipSegMasker | None = None
+        self._safety: ImageSafetyChecker | None = None
         self._lock = threading.Lock()
+        self.speedups = Speedups(settings.acceleration, self.device)
+        self.warmup_s: float | None = None  # warm_up's first run (compiling included) and second run
+        self.warm_s: float | None = None
 
     # --- loading --------------------------------------------------------------------------------
 
@@ -157,13 +166,17 @@ class DiffusersGenerator:
             for mode, pipeline_class, model, channels in plugs:
                 if model:
                     pipes[mode] = self._plug(text, pipeline_class, model, channels)
-                    self._mode_models[mode] = (model, _revision(model))
+                    self._mode_models[mode] = (model, revision_of(model))
             if Mode.INPAINT not in pipes:
                 # The 4-channel UNet inpaints by blending the noised original back in outside the mask.
                 pipes[Mode.INPAINT] = StableDiffusionInpaintPipeline.from_pipe(text, dtype=self.dtype)
             for pipe in pipes.values():
                 pipe.set_progress_bar_config(disable=True)
-            self.model_revision = _revision(settings.model, settings.revision)
+            self.model_revision = revision_of(settings.model, settings.revision)
+            self.speedups.apply(pipes.values())
+            if settings.safety_checker:
+                self._safety = ImageSafetyChecker(settings.safety_checker, device=self.device, dtype=self.dtype,
+                                                  local_files_only=settings.local_files_only)
             self._pipes = pipes
             log.info(
                 "loaded %s (%s) on %s/%s, modes %s, in %.2f s",
@@ -188,7 +201,7 @@ class DiffusersGenerator:
 
     def _plug(self, text: Any, pipeline_class: Any, model: str, in_channels: int) -> Any:
         """The base pipeline with `model`'s UNet, or `model` whole when the UNet cannot share."""
-        unet = _load_unet(model, dtype=self.dtype, local_files_only=self.settings.local_files_only)
+        unet = load_unet(model, dtype=self.dtype, local_files_only=self.settings.local_files_only)
         if unet.config.in_channels != in_channels:
             raise ValueError(
                 f"{model}: UNet has {unet.config.in_channels} input channels, "
@@ -223,22 +236,21 @@ class DiffusersGenerator:
         SD 1.5's default PNDM runs steps + 1). If `progress` raises (GenerationCancelled, say), the run
         stops before decoding, the exception propagates, and the generator stays usable.
         """
-        _check(request)
+        check_request(request)
         self.load()
         pipe = self._pipes.get(request.mode)
         if pipe is None:  # only INSTRUCT can be missing
             raise ModelNotConfigured("instruct_model", "an instruct edit (InstructPix2Pix)")
         started = time.perf_counter()
-        kwargs = self._call_arguments(request, progress)
-        with self._lock:
-            images = pipe(**kwargs).images
-            steps_run = pipe.num_timesteps
+        kwargs = call_arguments(request, progress)
+        images, steps_run = self._run(pipe, kwargs, [(request.prompt, request.negative_prompt)], request)
         if request.mode is Mode.INPAINT:
             # The VAE round trip blurs and shifts what it does not repaint; paste the original back
             # outside the mask so "keep this" really keeps it.
             init, mask = kwargs["image"], kwargs["mask_image"]
             images = [Image.composite(image.convert("RGB"), init, mask) for image in images]
-        return self._result(request, pipe, images, steps_run, time.perf_counter() - started)
+        nsfw = self._safety.check(images) if self._safety is not None else ()  # one call per round
+        return self._result(request, pipe, images, steps_run, time.perf_counter() - started, nsfw=nsfw)
 
     def generate_batch(
         self, requests: Sequence[GenerationRequest], progress: ProgressCallback | None = None
@@ -253,7 +265,7 @@ class DiffusersGenerator:
             return [self.generate(requests[0], progress)]
         first = requests[0]
         for request in requests:
-            _check(request)
+            check_request(request)
             if request.mode is not Mode.TEXT:
                 raise ValueError(f"only text2img requests can share a call, got mode {request.mode.value}")
             for name in ("steps", "guidance", "width", "height"):
@@ -263,27 +275,66 @@ class DiffusersGenerator:
         self.load()
         pipe = self._pipes[Mode.TEXT]
         started = time.perf_counter()
-        kwargs = self._call_arguments(first, progress)
+        kwargs = call_arguments(first, progress)
+        pairs = [(r.prompt, r.negative_prompt) for r in requests for _ in r.seeds]  # one per candidate
         kwargs.update(
-            # One prompt per candidate; "" is what diffusers uses for a missing negative prompt anyway.
-            prompt=[r.prompt for r in requests for _ in r.seeds],
-            negative_prompt=[r.negative_prompt for r in requests for _ in r.seeds],
+            # "" is what diffusers uses for a missing negative prompt anyway.
+            prompt=[prompt for prompt, _ in pairs],
+            negative_prompt=[negative for _, negative in pairs],
             num_images_per_prompt=1,
             generator=[torch.Generator("cpu").manual_seed(seed) for r in requests for seed in r.seeds],
         )
-        with self._lock:
-            images = pipe(**kwargs).images
-            steps_run = pipe.num_timesteps
+        images, steps_run = self._run(pipe, kwargs, pairs, first)
+        nsfw = self._safety.check(images) if self._safety is not None else ()  # one call per batch
         elapsed = time.perf_counter() - started
         results, start = [], 0
         for request in requests:
             part = images[start : start + request.count]
-            results.append(self._result(request, pipe, part, steps_run, elapsed, batch=len(requests)))
+            flags = nsfw[start : start + request.count]
+            results.append(self._result(request, pipe, part, steps_run, elapsed, batch=len(requests), nsfw=flags))
             start += request.count
         return results
 
+    def _run(self, pipe: Any, kwargs: dict[str, Any], pairs: list[tuple[str, str]],
+             request: GenerationRequest) -> tuple[list[Any], int]:
+        """One pipeline call under the lock, with cached prompt embeddings (one row per pair)."""
+        with self._lock:
+            started = time.perf_counter()
+            if pipe is not self._pipes.get(Mode.INSTRUCT):  # InstructPix2Pix encodes its prompts its own way
+                self.speedups.use_cached_prompts(pipe, kwargs, pairs, request.guidance)
+            images = pipe(**kwargs).images
+            self.speedups.note_run(pipe, request.mode.value, request.width, request.height, len(images),
+                                   request.guidance > 1, time.perf_counter() - started)
+            return images, pipe.num_timesteps
+
+    def warm_up(self) -> float | None:
+        """Run the usual shape (`Speedups.warmup_requests`) twice, so that torch.compile, CUDA graphs
+        and CUDA's own start-up happen now and not in a user's job. Sets `warmup_s` (first run,
+        compiling included) and `warm_s` (second run); returns `warmup_s`, or None having run nothing
+        when warm-up is off or would warm nothing (CPU without compile)."""
+        self.load()
+        requests = self.speedups.warmup_requests()
+        if not requests:
+            return None
+        times = []
+        self.speedups.warming = True
+        try:
+            for _ in range(2):
+                started = time.perf_counter()
+                self.generate(requests[0])
+                if len(requests) > 1:
+                    self.generate_batch(requests)
+                times.append(time.perf_counter() - started)
+        finally:
+            self.speedups.warming = False
+        self.warmup_s, self.warm_s = times
+        first = requests[0]
+        log.info("warm-up at %dx%d, %d candidates, batch %d (%s): %.2f s, then %.2f s", first.width, first.height,
+                 first.count, len(requests), self.speedups.active.describe(), self.warmup_s, self.warm_s)
+        return self.warmup_s
+
     def _result(self, request: GenerationRequest, pipe: Any, images: list[Any], steps_run: int,
-                elapsed_s: float, batch: int = 1) -> GenerationResult:
+                elapsed_s: float, batch: int = 1, nsfw: tuple[bool, ...] = ()) -> GenerationResult:
         extras = {
             "mode": request.mode.value,
             "denoise_steps": str(steps_run),
@@ -303,6 +354,7 @@ class DiffusersGenerator:
             elapsed_s=elapsed_s,
             model_revision=self.model_revision,
             extras=extras,
+            nsfw=nsfw,
         )
 
     def regenerate(
@@ -313,84 +365,8 @@ class DiffusersGenerator:
             raise ValueError(f"index {index} is out of range for {len(request.seeds)} seeds")
         return self.generate(replace(request, seeds=(request.seeds[index],)), progress)
 
-    def _call_arguments(
-        self, request: GenerationRequest, progress: ProgressCallback | None
-    ) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "prompt": request.prompt,
-            "negative_prompt": request.negative_prompt or None,
-            "num_inference_steps": request.steps,
-            "guidance_scale": request.guidance,
-            "num_images_per_prompt": len(request.seeds),
-            # One generator per candidate: candidate k depends on seed k alone, never on its neighbours.
-            "generator": [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds],
-            "output_type": "pil",
-        }
-        if progress is not None:
-            kwargs["callback_on_step_end"] = _step_callback(progress)
-        size = (request.width, request.height)
-        if request.mode is Mode.TEXT:
-            kwargs.update(width=request.width, height=request.height)
-            return kwargs
-        assert request.init_image is not None  # _check
-        init = decode_image(request.init_image, "init_image").convert("RGB")
-        if init.size != size:
-            # img2img and InstructPix2Pix make images the size of their input, so size it here.
-            init = init.resize(size, Image.Resampling.LANCZOS)
-        kwargs["image"] = init
-        if request.mode is Mode.IMAGE:
-            kwargs["strength"] = request.strength
-        elif request.mode is Mode.INSTRUCT:
-            # InstructPix2Pix deprecates (FutureWarning on every call) repeating one image for
-            # num_images_per_prompt; n (prompt, image) pairs are the same work without it.
-            count = len(request.seeds)
-            kwargs.update(prompt=[request.prompt] * count, image=[init] * count, num_images_per_prompt=1)
-            if request.negative_prompt:
-                kwargs["negative_prompt"] = [request.negative_prompt] * count
-            kwargs["image_guidance_scale"] = request.image_guidance
-        else:
-            assert request.mask_image is not None  # _check
-            mask = decode_image(normalise_mask(request.mask_image, size), "mask_image").convert("L")
-            kwargs.update(
-                mask_image=mask, strength=request.strength, width=request.width, height=request.height
-            )
-        return kwargs
-
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _step_callback(progress: ProgressCallback) -> Any:
-    def on_step_end(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-        # num_timesteps is set before the loop starts, so it is the real total for this mode.
-        progress(step + 1, pipe.num_timesteps)
-        return tensors
-
-    return on_step_end
-
-
-def _check(request: GenerationRequest) -> None:
-    """One ValueError per bad value, naming it; the service validates user input before this."""
-    if not request.seeds:
-        raise ValueError("seeds is empty: need one seed per candidate")
-    for seed in request.seeds:
-        if not 0 <= seed < 2**64:
-            raise ValueError(f"seed {seed} is outside 0..2**64-1")
-    for name in ("width", "height"):
-        value = getattr(request, name)
-        if value <= 0 or value % 8:
-            raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
-    if request.steps < 1:
-        raise ValueError(f"steps must be at least 1, got {request.steps}")
-    if request.mode is not Mode.TEXT and request.init_image is None:
-        raise ValueError(f"mode {request.mode.value} needs init_image")
-    if request.mode is Mode.INPAINT and request.mask_image is None:
-        raise ValueError("mode inpaint needs mask_image")
-    if request.mode in (Mode.IMAGE, Mode.INPAINT):
-        if not 0.0 < request.strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {request.strength}")
-        if int(request.steps * request.strength) < 1:
-            raise ValueError(f"strength {request.strength} × steps {request.steps} leaves no denoising step")
 
 
 def _resolve_device(name: str) -> torch.device:
@@ -401,49 +377,3 @@ def _resolve_device(name: str) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def _load_unet(model: str, *, dtype: torch.dtype, local_files_only: bool) -> Any:
-    """A UNet from a whole checkpoint (its unet/ subfolder) or from a bare UNet folder or repo."""
-    kwargs: dict[str, Any] = {"dtype": dtype, "local_files_only": local_files_only}
-    path = Path(model)
-    if path.is_dir():
-        subfolder = "unet" if (path / "unet" / "config.json").is_file() else None
-        return UNet2DConditionModel.from_pretrained(model, subfolder=subfolder, **kwargs)
-    try:
-        return UNet2DConditionModel.from_pretrained(model, subfolder="unet", **kwargs)
-    except OSError:  # a repo holding only a UNet at its root
-        return UNet2DConditionModel.from_pretrained(model, **kwargs)
-
-
-def _revision(model: str, revision: str | None = None) -> str:
-    """What exactly was loaded: a snapshot commit, a content digest, or the revision as given."""
-    path = Path(model)
-    if path.is_dir():
-        if path.parent.name == "snapshots" and _COMMIT.fullmatch(path.name):
-            return path.name
-        return "sha256:" + _folder_digest(path)[:12]
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        for filename in ("model_index.json", "config.json"):
-            cached = try_to_load_from_cache(model, filename, revision=revision)
-            if isinstance(cached, str) and _COMMIT.fullmatch(Path(cached).parent.name):
-                return Path(cached).parent.name
-    except Exception:  # an odd cache layout must not stop a load that already succeeded
-        log.debug("no cached snapshot for %s", model, exc_info=True)
-    return revision or ""
-
-
-def _folder_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        relative = path.relative_to(folder)
-        # Dot-files are tool state (.cache/huggingface download metadata, build markers), not model.
-        if not path.is_file() or any(part.startswith(".") for part in relative.parts):
-            continue
-        digest.update(f"{relative.as_posix()}\0{path.stat().st_size}\0".encode())
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()

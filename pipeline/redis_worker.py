@@ -354,9 +354,10 @@ def serve(generator: Generator, url: str, *, prefix: str = "refinery", name: str
     except redis.RedisError as exc:
         log.error("cannot reach Redis at %s: %s", url.split("@")[-1], exc)  # never log a password
         return 2
-    load = getattr(generator, "load", None)
-    if callable(load):
-        load()
+    for prepare in ("load", "warm_up"):  # warm_up compiles before the first job is taken
+        step = getattr(generator, prepare, None)
+        if callable(step):
+            step()
     worker = RedisWorker(generator, client, prefix=prefix, name=name, batch_size=batch_size,
                          claim_after_s=claim_after_s, step_delay_s=step_delay_s)
     stop = threading.Event()

@@ -83,11 +83,13 @@ class GenerationResult:
     elapsed_s: float
     model_revision: str = ""
     extras: dict[str, str] = field(default_factory=dict)
+    nsfw: tuple[bool, ...] = ()  # one safety-checker flag per image; () = not checked
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["images"] = [base64.b64encode(i).decode("ascii") for i in self.images]
         data["seeds"] = list(self.seeds)
+        data["nsfw"] = list(self.nsfw)
         return data
 
     @classmethod
@@ -95,6 +97,8 @@ class GenerationResult:
         data = dict(data)
         data["images"] = tuple(base64.b64decode(i) for i in data["images"])
         data["seeds"] = tuple(int(s) for s in data["seeds"])
+        # Results from a worker older than the safety checker have no "nsfw": not checked.
+        data["nsfw"] = tuple(bool(flag) for flag in data.get("nsfw", ()))
         return cls(**data)
 
 

@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import torch
 from diffusers import (
@@ -29,7 +30,11 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from PIL import Image
 from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
     CLIPSegConfig,
     CLIPSegForImageSegmentation,
     CLIPSegProcessor,
@@ -47,6 +52,9 @@ FORMAT = 2
 _HIDDEN = 32  # text encoder width == UNet cross-attention width
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+SafetyVerdict = Literal["red", "all", "none"]
+SAFETY_REFERENCE = (255, 0, 0)  # the colour the "red" tiny safety checker flags
+SAFETY_THRESHOLD = 0.95  # its cosine-similarity threshold
 
 
 def build_tiny_checkpoint(folder: Path, *, seed: int = 0) -> Path:
@@ -132,6 +140,56 @@ def build_tiny_clipseg(folder: Path, *, seed: int = 0) -> Path:
         processor.save_pretrained(tmp)
 
     return _cached_build(Path(folder), "clipseg", seed, write)
+
+
+def build_tiny_safety_checker(folder: Path, *, flags: SafetyVerdict = "red", seed: int = 0) -> Path:
+    """A tiny StableDiffusionSafetyChecker and its CLIPImageProcessor (32 px) side by side in one
+    folder, like CompVis/stable-diffusion-safety-checker.
+
+    How it decides: the checker flags an image when the cosine similarity of its CLIP image embedding
+    with one of its 17 concept embeddings is above that concept's weight (see pipeline/safety.py).
+    Every concept embedding is set to the normalised embedding of a solid `SAFETY_REFERENCE` (red)
+    image, as this random vision tower sees it; the weights then pick the verdict:
+
+    - "red": concept 0 weighs `SAFETY_THRESHOLD` (0.95), the others 2.0 (above any cosine, so never
+      reached). A solid red image (similarity 1.0) and near copies (another red shade, red with
+      ±20 of noise: ≥ 0.999) are flagged; solid blue, green, white, black, grey and uniform noise
+      (≤ 0.81 at seed 0, orange and magenta ≤ 0.88) are not.
+    - "all": every weight is -2.0, below any cosine: every image is flagged.
+    - "none": every weight is 2.0: no image is flagged.
+
+    The 3 special-care weights are 2.0, so they never tighten the thresholds (see pipeline/safety.py).
+    """
+    if flags not in ("red", "all", "none"):
+        raise ValueError(f"flags must be 'red', 'all' or 'none', got {flags!r}")
+
+    def write(tmp: Path) -> None:
+        torch.manual_seed(seed)
+        config = CLIPConfig(
+            # The checker builds no text tower; a small text config just keeps config.json small.
+            text_config={"hidden_size": _HIDDEN, "intermediate_size": 37, "num_hidden_layers": 1,
+                         "num_attention_heads": 4},
+            vision_config={"hidden_size": _HIDDEN, "intermediate_size": 37, "num_hidden_layers": 2,
+                           "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+            projection_dim=_HIDDEN,
+        )
+        checker = StableDiffusionSafetyChecker(config).eval()
+        processor = CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+            image_mean=_CLIP_MEAN, image_std=_CLIP_STD,
+        )
+        reference = Image.new("RGB", (64, 64), SAFETY_REFERENCE)
+        with torch.no_grad():
+            pixels = processor(images=[reference], return_tensors="pt").pixel_values
+            embedding = checker.visual_projection(checker.vision_model(pixels).pooler_output)[0]
+            checker.concept_embeds.copy_(torch.nn.functional.normalize(embedding, dim=0).expand(17, -1))
+            weights = {"red": [SAFETY_THRESHOLD] + [2.0] * 16, "all": [-2.0] * 17, "none": [2.0] * 17}
+            checker.concept_embeds_weights.copy_(torch.tensor(weights[flags]))
+            checker.special_care_embeds_weights.fill_(2.0)
+        checker.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
+    return _cached_build(Path(folder), f"safety-checker-{flags}", seed, write)
 
 
 # --- pieces -----------------------------------------------------------------------------------------
