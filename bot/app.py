@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from bot.client import RefineryBot, point_discord_at
 from bot.config import Config, Secrets
 from bot.service import Masker, RefineryService
+from pipeline.acceleration import Acceleration
 from pipeline.diffusers_generator import DiffusersGenerator, GeneratorSettings
 from pipeline.generator import Generator
+from pipeline.job_store import JobStore
 from pipeline.queue import JobQueue, LocalQueue
 from pipeline.redis_queue import RedisQueue
 from storage.images import ImageStore
@@ -59,6 +61,22 @@ def generator_settings(config: Config) -> GeneratorSettings:
         dtype=model.dtype, local_files_only=model.local_files_only,
         instruct_model=model.instruct_model or None, inpaint_model=model.inpaint_model or None,
         clipseg_model=model.clipseg_model or None, cpu_threads=model.cpu_threads or None,
+        safety_checker=config.moderation.safety_checker or None,
+        acceleration=acceleration(config),
+    )
+
+
+def acceleration(config: Config) -> Acceleration:
+    """[performance], with the warm-up shape taken from what most jobs look like ([generation]
+    defaults, and [queue] batch_size requests per call)."""
+    performance, generation = config.performance, config.generation
+    return Acceleration(
+        channels_last=performance.channels_last, fuse_qkv=performance.fuse_qkv, compile=performance.compile,
+        compile_mode=performance.compile_mode, compile_cache_dir=str(config.compile_cache_path),
+        warmup=performance.warmup, prompt_cache_size=performance.prompt_cache_size,
+        warmup_width=generation.default_width, warmup_height=generation.default_height,
+        warmup_count=generation.candidates, warmup_batch=config.queue.batch_size,
+        warmup_guidance=generation.default_guidance,
     )
 
 
@@ -96,13 +114,18 @@ async def running_app(config: Config, secrets: Secrets, *, generator: Generator 
             # queues and follows jobs (and computes small CLIPSeg masks on its CPU).
             queue = RedisQueue(config.queue.redis_url, prefix=config.queue.redis_prefix, **limits)
         else:
-            queue = LocalQueue(generator, batch_size=config.queue.batch_size, **limits)
+            # Accepted jobs are kept on disk until they end, so a crash loses none (pipeline/job_store.py).
+            queue = LocalQueue(generator, batch_size=config.queue.batch_size, store=JobStore(config.jobs_path),
+                               **limits)
         await queue.start()
         stack.push_async_callback(queue.close)
         load = getattr(generator, "load", None)
         if callable(load) and not config.queue.redis_url:
             log.info("loading model %s", config.model.id)
             await queue.run_in_worker(load)
+            warm_up = getattr(generator, "warm_up", None)
+            if callable(warm_up):  # compiles now, on the worker thread, before any user's job
+                await queue.run_in_worker(warm_up)
         service = RefineryService(config, journal, queue, ImageStore(config.data_dir),
                                   masker=_masker(generator, config),
                                   has_instruct_model=bool(config.model.instruct_model),
@@ -110,7 +133,7 @@ async def running_app(config: Config, secrets: Secrets, *, generator: Generator 
         await service.load()
         bot = RefineryBot(config, service)
         task = asyncio.create_task(bot.start(secrets.discord_token), name="refinery-discord")
-        stack.push_async_callback(_stop_bot, bot, task)
+        stack.push_async_callback(_stop_bot, bot, task, queue)
         yield App(config, bot, service, queue, journal, writer, task)
 
 
@@ -132,7 +155,12 @@ def _masker(generator: Generator, config: Config) -> Masker | None:
     return lambda image, phrase: generator.masker().mask_for(image, phrase)
 
 
-async def _stop_bot(bot: RefineryBot, task: asyncio.Task[None]) -> None:
+async def _stop_bot(bot: RefineryBot, task: asyncio.Task[None], queue: JobQueue) -> None:
+    """Close the queue first, so each waiting user's acknowledgement can still say what became of
+    their job (kept for after the restart, or lost) while the bot is connected; then disconnect."""
+    await queue.close()
+    if bot.answering:
+        await asyncio.wait(set(bot.answering), timeout=5.0)
     await bot.close()
     with contextlib.suppress(Exception, asyncio.CancelledError):
         await task

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 import discord
 import yarl
@@ -44,6 +46,8 @@ class RefineryBot(commands.Bot):
         )
         self.config = config
         self.service = service
+        # Tasks now answering a user (run_and_post): shutdown lets them post their last word first.
+        self.answering: set[asyncio.Task[Any]] = set()
 
     async def setup_hook(self) -> None:
         for name in COGS:

@@ -247,6 +247,11 @@ class Config:
         return self._path(self.storage.oxen_repo) if self.storage.oxen_repo else self.data_dir / "oxen"
 
     @property
+    def jobs_path(self) -> Path:
+        """The in-process queue's accepted, unfinished jobs (pipeline/job_store.py)."""
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
     def compile_cache_path(self) -> Path:
         cache = self.performance.compile_cache_dir
         return self._path(cache) if cache else self.data_dir / "torch-cache"

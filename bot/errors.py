@@ -7,7 +7,8 @@
     ├── NotAllowed                 the user lacks the permission the action needs
     ├── Refused                    a prompt or reply hit a banned phrase (never named back)
     └── GenerationFailed           the pipeline raised; the details are logged, not shown
-    JobCancelled                   the job was cancelled by its requester or a moderator
+    ├── JobCancelled               the job was cancelled by its requester or a moderator
+    └── Interrupted                the bot shut down while the job waited or ran (says if it is kept)
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class GenerationFailed(RefineryError):
 
 class JobCancelled(RefineryError):
     """The job was cancelled before it finished."""
+
+
+class Interrupted(RefineryError):
+    """The bot shut down before the job finished. A durable (Redis) queue keeps the job and the bot
+    answers it when it is back; the in-process queue loses it, so the user is asked to send it again."""
 
 
 def user_message(error: BaseException) -> str:

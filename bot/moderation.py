@@ -1,8 +1,8 @@
 """Moderation and dataset exports for the service: who may, what is journaled, an export run.
 
 Also the abuse guards: banned phrases (config plus `/banned add|remove`, journaled and replayed at
-start-up, matched by `bot.wordfilter`), removing a round, the moderation log, and a per-user
-sliding-window rate limit for reactions and replies.
+start-up, matched by `bot.wordfilter`), the NSFW policy (prompt list and image safety checker),
+removing a round, and the moderation log. The per-user event rate limit is `bot.ratelimit`.
 
 No discord and no oxen here. An export is built from the journal in a worker thread
 (`storage.exports.build_dataset`, with its own connection to the same journal file), journaled as a
@@ -19,7 +19,6 @@ import json
 import logging
 import time
 import zipfile
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -264,6 +263,26 @@ class Moderation:
             reason="nsfw prompt outside an NSFW channel"))
         raise Refused("That prompt is only allowed in channels marked NSFW.")
 
+    async def image_policy(self, record: Round, nsfw: tuple[bool, ...], nsfw_channel: bool) -> bool:
+        """After generation: candidates flagged by the image safety checker flag the round (left out of
+        exports unless asked for). Outside NSFW channels the images go as spoilers (True), or, under
+        `nsfw_action = "refuse"`, the round is removed (kept for audit) and Refused is raised."""
+        flagged = [k for k, hit in enumerate(nsfw, 1) if hit]
+        if not flagged:
+            return False
+        which = ", ".join(f"#{k}" for k in flagged)
+        await self.journal.append(ModerationAction(
+            event_id=new_id(), action="flag", moderator_id=BOT_ID, round_id=record.round_id,
+            target_user_id=record.requester_id, reason=f"safety checker flagged {which}"))
+        if nsfw_channel:
+            return False
+        if self.config.moderation.nsfw_action == "spoiler":
+            return True
+        await self.journal.append(ModerationAction(
+            event_id=new_id(), action="remove", moderator_id=BOT_ID, round_id=record.round_id,
+            target_user_id=record.requester_id, reason=f"safety checker flagged {which} outside an NSFW channel"))
+        raise Refused("The safety checker flagged these images, so they are only shown in channels marked NSFW.")
+
     # -- banned phrases -------------------------------------------------------------------------------
     async def word_filter(self) -> WordFilter:
         """The config's phrases with every journaled /banned add and remove replayed, in order."""
@@ -344,45 +363,3 @@ class Moderation:
                              "moderation.moderator_roles, or the Manage Server permission).")
         events = await self.journal.recent("moderation", limit)
         return [e.record for e in events if isinstance(e.record, ModerationAction)]
-
-
-class EventRateLimit:
-    """At most `per_minute` events per user in any 60 s window (a sliding window of timestamps).
-
-    Dropped events are counted, and logged at most once a minute per user: a flood must not turn
-    into a flood of log lines.
-    """
-
-    WINDOW_S = 60.0
-
-    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.per_minute = per_minute
-        self.dropped = 0
-        self._clock = clock
-        self._seen: dict[int, deque[float]] = {}
-        self._logged: dict[int, float] = {}
-        self._calls = 0
-
-    def allow(self, user_id: int) -> bool:
-        now = self._clock()
-        times = self._seen.setdefault(user_id, deque())
-        while times and times[0] <= now - self.WINDOW_S:
-            times.popleft()
-        self._calls += 1
-        if self._calls % 1000 == 0:
-            self._forget_idle(now)
-        if len(times) < self.per_minute:
-            times.append(now)
-            return True
-        self.dropped += 1
-        if now - self._logged.get(user_id, -self.WINDOW_S) >= self.WINDOW_S:
-            self._logged[user_id] = now
-            log.warning("user %s is over %d events a minute: dropping their reactions and replies (%d "
-                        "dropped in all so far)", user_id, self.per_minute, self.dropped)
-        return False
-
-    def _forget_idle(self, now: float) -> None:
-        """Users quiet for a whole window leave the tables, so they do not grow without bound."""
-        for user_id in [u for u, t in self._seen.items() if not t or t[-1] <= now - self.WINDOW_S]:
-            del self._seen[user_id]
-            self._logged.pop(user_id, None)

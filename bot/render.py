@@ -3,32 +3,29 @@
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
 
 import discord
 
 from bot.config import Config
-from pipeline.queue import JobState, JobStatus
+from pipeline.queue import JobListing, JobState, JobStatus
 from storage.records import Round
-
-if TYPE_CHECKING:
-    from bot.service import QueueEntry
 
 MAX_CONTENT = 2000  # Discord's message length limit
 
 
-def status_text(status: JobStatus, prompt: str) -> str:
+def status_text(status: JobStatus, prompt: str, cancel_emoji: str | None = None) -> str:
     """The acknowledgement, edited as the job moves: position and ETA, then step progress."""
     head = f"🎨 **{_clip(prompt, 200)}**\n"
+    hint = f" · react {cancel_emoji} to cancel" if cancel_emoji else ""
     if status.state is JobState.QUEUED:
         eta = f" · about {status.eta_s:.0f} s" if status.eta_s is not None else ""
-        return head + f"⏳ queued — position {status.position}{eta}"
+        return head + f"⏳ queued — position {status.position}{eta}{hint}"
     if status.state is JobState.RUNNING:
         if status.total_steps:
             filled = round(10 * status.step / status.total_steps)
             bar = "▰" * filled + "▱" * (10 - filled)
-            return head + f"🖌️ generating… step {status.step}/{status.total_steps} {bar}"
-        return head + "🖌️ generating…"
+            return head + f"🖌️ generating… step {status.step}/{status.total_steps} {bar}{hint}"
+        return head + f"🖌️ generating…{hint}"
     return head + f"{status.state.value}"
 
 
@@ -60,7 +57,7 @@ def round_files(record: Round, images: tuple[bytes, ...], *, spoiler: bool = Fal
             for k, png in enumerate(images, start=1)]
 
 
-def queue_text(entries: list[QueueEntry]) -> str:
+def queue_text(entries: list[JobListing]) -> str:
     """`/queue`: one line per job, running first, then in the order they will run."""
     if not entries:
         return "The queue is empty."

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from bot.config import Config
 from bot.errors import (
     GenerationFailed,
+    Interrupted,
     InvalidInput,
     JobCancelled,
     LimitReached,
@@ -24,13 +25,15 @@ from bot.errors import (
     NotARound,
     user_message,
 )
-from bot.moderation import EventRateLimit, ExportSummary, Moderation
+from bot.moderation import ExportSummary, Moderation
 from bot.options import PromptInput, build_request
 from bot.permissions import Action, Member, allowed
+from bot.ratelimit import EventRateLimit
 from bot.refinement import Refinement, button_refinement, choose_candidate, refinement_for_plan
+from bot.tickets import Origin, Ticket
 from pipeline.masks import UnreadableMask, read_user_mask
 from pipeline.planner import PlanError, plan_refinement
-from pipeline.queue import Job, JobQueue, JobStatus, QueueLimitError
+from pipeline.queue import Job, JobListing, JobQueue, JobStatus, QueueClosed, QueueLimitError
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, Mode
 from storage.images import ImageStore
 from storage.journal import AsyncJournal
@@ -54,30 +57,10 @@ StatusSink = Callable[[JobStatus], Awaitable[None]]
 
 
 @dataclass(frozen=True)
-class Origin:
-    """Who asked, and where."""
-
-    user_id: int
-    channel_id: int
-    guild_id: int | None
-    source: str  # "slash", "message", "reply", "button"
-    nsfw_channel: bool = False  # the channel is marked NSFW in Discord
-
-
-@dataclass(frozen=True)
 class FinishedRound:
     round: Round
     images: tuple[bytes, ...]
     spoiler: bool = False  # an NSFW prompt outside an NSFW channel, under nsfw_action = "spoiler"
-
-
-@dataclass(frozen=True)
-class QueueEntry:
-    job_id: str
-    user_id: int
-    prompt: str
-    status: JobStatus
-    waited_s: float
 
 
 @dataclass(frozen=True)
@@ -101,6 +84,7 @@ class RefineryService:
         # export_key: None reads REFINERY_EXPORT_KEY when an export runs (the demo and tests pass one)
         self.moderation = Moderation(config, journal, export_key=export_key)
         self.rate_limit = EventRateLimit(config.moderation.events_per_minute, clock)
+        self._acks: dict[int, str] = {}  # acknowledgement message id → its job, while the job is open
 
     async def load(self) -> None:
         """Start-up: replay the journaled /banned changes and opt-outs before the first event arrives."""
@@ -129,39 +113,76 @@ class RefineryService:
         return request
 
     async def imagine(self, request: GenerationRequest, origin: Origin, show: StatusSink,
-                      refinement: Refinement | None = None) -> FinishedRound:
-        """Queue a request, keep the user informed, and journal the finished round (with its lineage)."""
-        submitted = self._clock()
+                      refinement: Refinement | None = None, *, ack_message_id: int = 0,
+                      note: str | None = None) -> FinishedRound:
+        """Queue a request, keep the user informed, and journal the finished round (with its lineage).
+
+        `ack_message_id` is the acknowledgement that will become the round: it goes into the job's
+        ticket, so a bot restarted while the job waits in Redis answers there (`pending_answers`)."""
         spoiler = await self.moderation.nsfw_policy(request, origin.user_id, origin.nsfw_channel)
-        try:
-            job = self.queue.submit(request, user_id=origin.user_id)
-        except QueueLimitError as exc:
-            raise LimitReached(str(exc), exc.retry_after_s) from None
-        result = await self._wait(job, show)
-        started = job.started_at if job.started_at is not None else submitted
-        round_id = new_id()
-        paths = await asyncio.to_thread(self.images.save_round, round_id, result.images)
         lineage: dict[str, object] = {}
         if refinement is not None:
-            mask_path = None
-            if request.mask_image is not None:
-                mask_path = await asyncio.to_thread(self.images.save, round_id, "mask.png", request.mask_image)
             lineage = {"parent_round_id": refinement.parent.round_id, "parent_candidate": refinement.candidate,
-                       "instruction": refinement.plan.instruction, "plan": refinement.plan_json,
-                       "mask_path": mask_path, "strength": request.strength if request.init_image else None}
+                       "instruction": refinement.plan.instruction, "plan": refinement.plan_json}
+        ticket = Ticket(origin, ack_message_id, note, spoiler, lineage)
+        try:
+            job = self.queue.submit(request, user_id=origin.user_id, meta=ticket.to_dict())
+        except QueueLimitError as exc:
+            raise LimitReached(str(exc), exc.retry_after_s) from None
+        return await self.complete(job, ticket, show)
+
+    async def complete(self, job: Job, ticket: Ticket, show: StatusSink) -> FinishedRound:
+        """Wait for a submitted (or resumed) job, save its images and journal its round."""
+        if ticket.ack_message_id:
+            self._acks[ticket.ack_message_id] = job.job_id
+        try:
+            result = await self._wait(job, show)
+        finally:
+            self._acks.pop(ticket.ack_message_id, None)
+        request, origin = job.request, ticket.origin
+        started = job.started_at if job.started_at is not None else job.submitted_at
+        round_id = new_id()
+        paths = await asyncio.to_thread(self.images.save_round, round_id, result.images)
+        lineage: dict[str, object] = dict(ticket.lineage)
+        if lineage:
+            lineage["strength"] = request.strength if request.init_image else None
+            lineage["mask_path"] = None
+            if request.mask_image is not None:
+                lineage["mask_path"] = await asyncio.to_thread(self.images.save, round_id, "mask.png",
+                                                               request.mask_image)
         record = Round(
             round_id=round_id, prompt=request.prompt, negative_prompt=request.negative_prompt,
             mode=request.mode.value, steps=request.steps, guidance=request.guidance, width=request.width,
             height=request.height, seeds=result.seeds, model_id=result.model_id,
             model_revision=result.model_revision, scheduler=result.scheduler, image_paths=paths,
             requester_id=origin.user_id, guild_id=origin.guild_id, channel_id=origin.channel_id,
-            source=origin.source, queued_s=round(started - submitted, 4),
+            source=origin.source, queued_s=round(max(0.0, started - job.submitted_at), 4),
             generate_s=round(result.elapsed_s, 4), **lineage,  # type: ignore[arg-type]
         )
         await self.journal.append(record)
         log.info("round %s done for user %s (%s, %.2fs)", round_id, origin.user_id, job.job_id,
                  result.elapsed_s)
-        return FinishedRound(record, result.images, spoiler)
+        flagged = await self.moderation.image_policy(record, result.nsfw, origin.nsfw_channel)
+        return FinishedRound(record, result.images, ticket.spoiler or flagged)
+
+    async def pending_answers(self) -> list[tuple[Job, Ticket]]:
+        """Start-up: jobs an earlier run of the bot acknowledged but never answered (they waited or ran
+        in Redis meanwhile), re-attached so that `complete` answers each on its acknowledgement."""
+        found = []
+        for pending in await self.queue.pending_jobs():
+            try:
+                ticket = Ticket.from_dict(pending.meta)
+            except (KeyError, TypeError, ValueError):
+                log.warning("pending job %s carries no ticket; left alone", pending.job_id)
+                continue
+            try:
+                job = await self.queue.resume(pending.job_id)
+            except KeyError:
+                continue  # expired between the two reads
+            found.append((job, ticket))
+        if found:
+            log.info("re-attached to %d job(s) from before the restart", len(found))
+        return found
 
     async def _wait(self, job: Job, show: StatusSink) -> GenerationResult:
         """Await the job, showing its status at most once per `progress_interval_s`, when it changed."""
@@ -179,6 +200,12 @@ class RefineryService:
                 continue
             except GenerationCancelled:
                 raise JobCancelled("The job was cancelled.") from None
+            except QueueClosed as exc:
+                if exc.kept:
+                    raise Interrupted("I am restarting. Your job stays in the queue; I will post the "
+                                      "images here when I am back.") from None
+                raise Interrupted("I had to shut down before your job ran, and it was lost; please send "
+                                  "it again in a minute.") from None
             except Exception as exc:
                 raise GenerationFailed(f"Generation failed ({job.job_id}); the error was logged. "
                                        "Please try again.") from exc
@@ -191,17 +218,15 @@ class RefineryService:
 
     # --- the queue -----------------------------------------------------------------------------
 
-    def queue_view(self) -> list[QueueEntry]:
-        """Running and waiting jobs, in the order they will run."""
-        now = self._clock()
-        return [QueueEntry(job.job_id, job.user_id, job.request.prompt, self.queue.status(job),
-                           now - job.submitted_at) for job in self.queue.jobs()]
+    async def queue_view(self) -> list[JobListing]:
+        """Running and waiting jobs of every bot process, in the order they will run."""
+        return await self.queue.listing()
 
-    def cancel(self, *, member: Member, job_id: str | None = None) -> list[str]:
+    async def cancel(self, *, member: Member, job_id: str | None = None) -> list[str]:
         """Cancel one job (by id) or all of the member's jobs; returns the ids cancelled."""
         user_id = member.user_id
         may_cancel_others = allowed(Action.CANCEL_OTHERS, member, self.config)
-        jobs = [job for job in self.queue.jobs() if job_id is None or job.job_id == job_id]
+        jobs = [job for job in await self.queue.listing() if job_id is None or job.job_id == job_id]
         if job_id is not None and not jobs:
             raise InvalidInput(f"There is no job `{job_id}` in the queue (it may have finished).")
         if job_id is None:
@@ -212,13 +237,25 @@ class RefineryService:
         log.info("user %s cancelled %s", user_id, cancelled or "nothing")
         return cancelled
 
+    async def cancel_by_reaction(self, member: Member, message_id: int, emoji: str) -> list[str]:
+        """`queue.cancel_emoji` on an acknowledgement cancels its job, for its requester or a moderator;
+        anything else (another emoji, a finished job, someone else's job) changes nothing."""
+        job_id = self._acks.get(message_id)
+        if emoji != self.config.queue.cancel_emoji or job_id is None:
+            return []
+        try:
+            return await self.cancel(member=member, job_id=job_id)
+        except (InvalidInput, NotAllowed):
+            return []  # a reaction has no private answer; the job simply goes on
+
     # --- refinements ---------------------------------------------------------------------------
 
     async def plan_reply(self, *, message_id: int, text: str, user_id: int,
                          mask_attachment: bytes | None = None) -> Refinement:
         """Decide what a reply to a round asks for (raises InvalidInput / NotARound with the reason)."""
         parent = await self.round_for_message(message_id)
-        await self.moderation.screen(user_id, text)
+        # The child's prompt carries the parent's, which must still pass phrases banned since.
+        await self.moderation.screen(user_id, text, parent.prompt, parent.negative_prompt)
         try:
             plan = plan_refinement(text, parent.prompt, candidates=len(parent.seeds),
                                    max_length=self.config.generation.max_prompt_length,
@@ -248,10 +285,12 @@ class RefineryService:
             raise NotAllowed("Only the person who asked for this round can use its buttons.")
         if candidate is not None and not 1 <= candidate <= len(parent.seeds):
             raise InvalidInput(f"Candidate #{candidate} does not exist in round {round_id}.")
+        # The round's prompt passed the rules when it was made; phrases banned since then hold too.
+        await self.moderation.screen(user_id, parent.prompt, parent.negative_prompt)
         return button_refinement(parent, action, candidate, self.config, self._candidate_png(parent, candidate))
 
-    async def refine(self, refinement: Refinement, origin: Origin, show: StatusSink, *, message_id: int
-                     ) -> FinishedRound:
+    async def refine(self, refinement: Refinement, origin: Origin, show: StatusSink, *, message_id: int,
+                     ack_message_id: int = 0) -> FinishedRound:
         """Make the mask if a region was named, log the request, and generate the child round."""
         request = refinement.request
         if refinement.needs_mask_from is not None and self.masker is not None:
@@ -264,7 +303,8 @@ class RefineryService:
             parent_candidate=refinement.candidate, user_id=origin.user_id,
             instruction=refinement.plan.instruction, plan=refinement.plan_json, channel_id=origin.channel_id,
             message_id=message_id))
-        return await self.imagine(request, origin, show, refinement)
+        return await self.imagine(request, origin, show, refinement, ack_message_id=ack_message_id,
+                                  note=refinement.summary)
 
     def _candidate_png(self, parent: Round, candidate: int | None) -> bytes | None:
         if candidate is None:

@@ -16,7 +16,7 @@ from discord.ext import commands
 from bot.client import RefineryBot
 from bot.errors import RefineryError
 from bot.options import PromptInput, parse_message
-from bot.service import Origin
+from bot.tickets import Origin
 from cogs.rounds import is_nsfw, run_and_post
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,12 @@ class Imagine(commands.Cog):
         # InvalidInput / Refused → the tree's handler, ephemeral; nothing is queued
         request = await self.service.checked_request(given, interaction.user.id)
         await interaction.response.defer(thinking=True)
+        ack = await interaction.original_response()  # its id lets ❌ cancel, and a restarted bot answer
         origin = Origin(user_id=interaction.user.id, channel_id=interaction.channel_id or 0,
                         guild_id=interaction.guild_id, source="slash", nsfw_channel=is_nsfw(interaction.channel))
 
         await run_and_post(self.bot, origin, request.prompt,
-                           lambda show: self.service.imagine(request, origin, show),
+                           lambda show: self.service.imagine(request, origin, show, ack_message_id=ack.id),
                            interaction.edit_original_response)
 
     @commands.Cog.listener()
@@ -72,7 +73,7 @@ class Imagine(commands.Cog):
             return
         ack = await message.reply(f"🎨 **{prompt[:200]}**\n⏳ queued…", mention_author=False)
         await run_and_post(self.bot, origin, request.prompt,
-                           lambda show: self.service.imagine(request, origin, show), ack.edit)
+                           lambda show: self.service.imagine(request, origin, show, ack_message_id=ack.id), ack.edit)
 
     def _prompt_in(self, message: discord.Message) -> str | None:
         """The prompt text if this message asks for images, else None."""

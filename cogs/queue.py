@@ -1,7 +1,12 @@
-"""`/queue` shows what is waiting and running; `/cancel` stops a job (the requester's own, or any
-for moderators). Decisions live in the service."""
+"""The queue as users see it: `/queue`, `/cancel`, the ❌ reaction on an acknowledgement, and, at
+start-up, answering the jobs that waited in Redis while the bot was down. Decisions live in the service.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -10,18 +15,33 @@ from discord.ext import commands
 from bot import render
 from bot.client import RefineryBot
 from bot.errors import RefineryError
+from bot.tickets import Ticket
 from cogs.members import member_of
-from cogs.rounds import CancelButton
+from cogs.rounds import CancelButton, Edit, run_and_post
+from pipeline.queue import Job
+
+log = logging.getLogger(__name__)
 
 
 class Queue(commands.Cog):
     def __init__(self, bot: RefineryBot) -> None:
         self.bot = bot
         self.service = bot.service
+        self._answering: set[asyncio.Task[Any]] = set()
+
+    async def cog_load(self) -> None:
+        for job, ticket in await self.service.pending_answers():
+            task = asyncio.create_task(self._answer(job, ticket), name=f"refinery-resume-{job.job_id}")
+            self._answering.add(task)
+            task.add_done_callback(self._answered)
+
+    async def cog_unload(self) -> None:
+        for task in list(self._answering):
+            task.cancel()
 
     @app_commands.command(name="queue", description="Show the image queue")
     async def queue(self, interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(render.queue_text(self.service.queue_view()), ephemeral=True)
+        await interaction.response.send_message(render.queue_text(await self.service.queue_view()), ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel your queued or running jobs (or one job by id)")
     @app_commands.describe(job="A job id from /queue (moderators may cancel anyone's)")
@@ -31,7 +51,8 @@ class Queue(commands.Cog):
     async def cancel_job(self, interaction: discord.Interaction, job: str | None) -> None:
         """`/cancel` and the 🛑 button under an acknowledgement: the answer is private."""
         try:
-            cancelled = self.service.cancel(member=member_of(interaction.user, interaction.permissions), job_id=job)
+            cancelled = await self.service.cancel(member=member_of(interaction.user, interaction.permissions),
+                                                  job_id=job)
         except RefineryError as exc:
             text = await self.service.report_error(exc, user_id=interaction.user.id,
                                                    channel_id=interaction.channel_id or 0)
@@ -40,6 +61,48 @@ class Queue(commands.Cog):
         names = ", ".join(f"`{j}`" for j in cancelled)
         text = f"🛑 Cancelled {names}." if cancelled else "You have nothing in the queue."
         await interaction.response.send_message(text, ephemeral=True)
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        """❌ on an acknowledgement: the acknowledgement then says "cancelled" (run_and_post)."""
+        if payload.member is None or payload.member.bot or str(payload.emoji) != self.bot.config.queue.cancel_emoji:
+            return
+        await self.service.cancel_by_reaction(member_of(payload.member), payload.message_id, str(payload.emoji))
+
+    async def _answer(self, job: Job, ticket: Ticket) -> None:
+        """A job acknowledged by an earlier run of the bot: answer on its acknowledgement, like a new one."""
+        await self.bot.wait_until_ready()
+        await run_and_post(self.bot, ticket.origin, job.request.prompt,
+                           lambda show: self.service.complete(job, ticket, show),
+                           self._edit_or_post(ticket), note=ticket.note)
+
+    def _edit_or_post(self, ticket: Ticket) -> Edit:
+        """Edit the old acknowledgement; if it is gone (deleted, or not editable), post a new message
+        that mentions the requester instead, and go on editing that one (mention kept)."""
+        channel = self.bot.get_partial_messageable(ticket.origin.channel_id, guild_id=ticket.origin.guild_id)
+        target: list[discord.PartialMessage | discord.Message] = [channel.get_partial_message(ticket.ack_message_id)]
+        mention = [""]
+
+        async def edit(**fields: Any) -> discord.Message:
+            if "content" in fields:
+                fields["content"] = mention[0] + (fields["content"] or "")
+            try:
+                message = await target[0].edit(**fields)
+            except (discord.NotFound, discord.Forbidden) as exc:
+                log.info("acknowledgement %s of a resumed job is gone (%s); posting anew", ticket.ack_message_id, exc)
+                mention[0] = f"<@{ticket.origin.user_id}> "
+                files = fields.pop("attachments", None) or []
+                fields["content"] = mention[0] + (fields.get("content") or "")
+                message = await channel.send(**fields, files=files)
+            target[0] = message
+            return message
+
+        return edit
+
+    def _answered(self, task: asyncio.Task[Any]) -> None:
+        self._answering.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("answering a resumed job failed", exc_info=task.exception())
 
 
 async def setup(bot: RefineryBot) -> None:

@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot.client import RefineryBot, send_ephemeral
 from bot.errors import InvalidInput, RefineryError
-from bot.service import Origin
+from bot.tickets import Origin
 from cogs.rounds import RoundButton, is_nsfw, run_and_post
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ class Refine(commands.Cog):
             return
         ack = await message.reply(f"🔧 {refinement.summary}\n⏳ queued…", mention_author=False)
         await run_and_post(self.bot, origin, refinement.request.prompt,
-                           lambda show: self.service.refine(refinement, origin, show, message_id=message.id),
+                           lambda show: self.service.refine(refinement, origin, show, message_id=message.id,
+                                                            ack_message_id=ack.id),
                            ack.edit, note=refinement.summary)
 
     async def _mask_attachment(self, message: discord.Message) -> bytes | None:
@@ -75,9 +76,11 @@ class Refine(commands.Cog):
             await send_ephemeral(interaction, text)
             return
         await interaction.response.defer(thinking=True)
+        ack = await interaction.original_response()
         message_id = interaction.message.id if interaction.message is not None else 0
         await run_and_post(self.bot, origin, refinement.request.prompt,
-                           lambda show: self.service.refine(refinement, origin, show, message_id=message_id),
+                           lambda show: self.service.refine(refinement, origin, show, message_id=message_id,
+                                                            ack_message_id=ack.id),
                            interaction.edit_original_response, note=refinement.summary)
 
 

@@ -6,6 +6,7 @@ they keep working after a restart without any stored view.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,8 @@ import discord
 from bot import render
 from bot.client import RefineryBot
 from bot.errors import RefineryError
-from bot.service import FinishedRound, Origin, StatusSink
+from bot.service import FinishedRound, StatusSink
+from bot.tickets import Origin
 from pipeline.queue import JobState, JobStatus
 from storage.records import Round
 
@@ -99,10 +101,22 @@ def round_view(record: Round) -> discord.ui.View:
 
 async def run_and_post(bot: RefineryBot, origin: Origin, prompt: str, make_round: MakeRound, edit: Edit,
                        note: str | None = None) -> discord.Message | None:
-    """Make a round while keeping the acknowledgement up to date, then turn it into the round."""
+    """Make a round while keeping the acknowledgement up to date, then turn it into the round.
+    Tracked in `bot.answering`, so a shutdown lets it post its last word before disconnecting."""
+    task = asyncio.current_task()
+    assert task is not None
+    bot.answering.add(task)
+    try:
+        return await _run_and_post(bot, origin, prompt, make_round, edit, note)
+    finally:
+        bot.answering.discard(task)
+
+
+async def _run_and_post(bot: RefineryBot, origin: Origin, prompt: str, make_round: MakeRound, edit: Edit,
+                        note: str | None) -> discord.Message | None:
 
     async def show(status: JobStatus) -> None:
-        text = render.status_text(status, prompt)
+        text = render.status_text(status, prompt, bot.config.queue.cancel_emoji)
         await edit(content=f"{note}\n{text}" if note else text, view=cancel_view(status))
 
     try:

@@ -17,13 +17,15 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from pipeline.generator import Generator
+from pipeline.job_store import JobStore
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback, batch_key
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,15 @@ class QueueLimitError(Exception):
     def __init__(self, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class QueueClosed(Exception):
+    """The job's queue closed before the job finished. `kept`: it lives on (Redis) and a restarted
+    bot can resume it; otherwise it is gone with the process."""
+
+    def __init__(self, kept: bool) -> None:
+        super().__init__("the queue closed; the job " + ("stays queued" if kept else "was dropped"))
+        self.kept = kept
 
 
 class Limit(StrEnum):
@@ -77,6 +88,7 @@ class Job:
     step: int = 0
     total_steps: int = 0
     started_at: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # opaque to the queue: who to answer, and where
     _cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -96,6 +108,29 @@ class JobStatus:
     job_id: str = ""  # lets the acknowledgement carry a Cancel button for this job
 
 
+@dataclass(frozen=True)
+class JobListing:
+    """One line of `/queue`: any process's job, running or waiting."""
+
+    job_id: str
+    user_id: int
+    prompt: str
+    status: JobStatus
+    waited_s: float
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    """A job submitted by an earlier run of the bot whose answer nobody collected (durable queues)."""
+
+    job_id: str
+    user_id: int
+    request: GenerationRequest
+    meta: dict[str, Any]  # what the submitter passed to submit(meta=...)
+    state: JobState
+    submitted_at: float  # wall clock (time.time())
+
+
 @runtime_checkable
 class JobQueue(Protocol):
     """What the service and the app use of a queue: exactly this, so LocalQueue and RedisQueue swap."""
@@ -104,8 +139,9 @@ class JobQueue(Protocol):
 
     async def close(self) -> None: ...
 
-    def submit(self, request: GenerationRequest, *, user_id: int) -> Job:
-        """Queue a request, or raise QueueLimitError; `job.future` resolves to its result."""
+    def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
+        """Queue a request, or raise QueueLimitError; `job.future` resolves to its result. `meta`
+        (JSON) is kept with the job, so a durable queue can hand it back after a restart."""
         ...
 
     def status(self, job: Job) -> JobStatus:
@@ -120,16 +156,31 @@ class JobQueue(Protocol):
         """This process's running and waiting jobs, in the order they will run."""
         ...
 
+    async def listing(self) -> list[JobListing]:
+        """Every process's running and waiting jobs, running first, then in the order they will run."""
+        ...
+
+    async def pending_jobs(self) -> list[PendingJob]:
+        """Jobs an earlier run submitted and nobody answered; empty for a queue that dies with us."""
+        ...
+
+    async def resume(self, job_id: str) -> Job:
+        """Follow a pending job; its future resolves like a new one's (KeyError if it is gone)."""
+        ...
+
     async def run_in_worker(self, fn: Callable[[], T]) -> T:
         """Run blocking work (model loading, CLIPSeg masks) off the event loop."""
         ...
 
 
 class LocalQueue:
-    """Fair queue with per-user and global limits, feeding one worker thread."""
+    """Fair queue with per-user and global limits, feeding one worker thread.
+
+    With a `JobStore`, every accepted job is on disk until it ends, so a bot restarted after a crash
+    (or a shutdown) gets them back from `pending_jobs()` and `resume()`s them."""
 
     def __init__(self, generator: Generator, *, max_depth: int = 100, max_per_user: int = 3,
-                 cooldown_s: float = 0.0, batch_size: int = 1,
+                 cooldown_s: float = 0.0, batch_size: int = 1, store: JobStore | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.generator = generator
         self.batch_size = batch_size
@@ -142,7 +193,9 @@ class LocalQueue:
         self._running: list[Job] = []  # one job, or a batch of compatible ones
         self._last_submit: dict[int, float] = {}
         self._recent_s: collections.deque[float] = collections.deque(maxlen=20)
-        self._ids = itertools.count(1)
+        self.store = store
+        # What an earlier run left in the store, until resumed (job ids are unique across runs).
+        self._earlier = {job.job_id: job for job in store.pending()} if store is not None else {}
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refinery-gpu")
         self._task: asyncio.Task[None] | None = None
@@ -152,19 +205,25 @@ class LocalQueue:
         self._task.add_done_callback(_log_crash)
 
     async def close(self) -> None:
+        for job in self._running:
+            job._cancel.set()  # stop the GPU at its next step instead of finishing work nobody collects
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        kept = self.store is not None
         for job in list(self._jobs.values()):
-            self._finish(job, JobState.CANCELLED, error=GenerationCancelled("the bot is shutting down"))
-        self._executor.shutdown(wait=True, cancel_futures=True)
+            self._finish(job, JobState.CANCELLED, error=QueueClosed(kept=kept), forget=not kept)
+        # Waits for the step in progress to end, off the loop: the bot is still telling users goodbye.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        if self.store is not None:
+            self.store.close()
 
     async def run_in_worker(self, fn: Callable[[], T]) -> T:
         """Run blocking work (e.g. loading the model) on the GPU worker thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    def submit(self, request: GenerationRequest, *, user_id: int) -> Job:
+    def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
         now = self._clock()
         limits = {"max_per_user": self.max_per_user, "cooldown_s": self.cooldown_s}
         mine = sum(1 for job in self._jobs.values() if job.user_id == user_id)
@@ -176,14 +235,19 @@ class LocalQueue:
         since = now - self._last_submit.get(user_id, -1e18)
         if since < self.cooldown_s:
             raise limit_error(Limit.COOLDOWN, self.cooldown_s - since, retry_after_s=None, **limits)
+        job = Job(job_id=f"job-{uuid.uuid4().hex[:16]}", user_id=user_id, request=request, submitted_at=now,
+                  future=asyncio.get_running_loop().create_future(), meta=dict(meta or {}))
+        if self.store is not None:
+            self.store.add(job.job_id, user_id, request, job.meta, time.time())  # before "queued" is shown
         self._last_submit[user_id] = now
-        job = Job(job_id=f"job-{next(self._ids)}", user_id=user_id, request=request, submitted_at=now,
-                  future=asyncio.get_running_loop().create_future())
-        self._jobs[job.job_id] = job
-        self._waiting.setdefault(user_id, collections.deque()).append(job)
-        self._wakeup.set()
+        self._enqueue(job)
         log.info("queued %s for user %s (position %d)", job.job_id, user_id, self.position(job))
         return job
+
+    def _enqueue(self, job: Job) -> None:
+        self._jobs[job.job_id] = job
+        self._waiting.setdefault(job.user_id, collections.deque()).append(job)
+        self._wakeup.set()
 
     def cancel(self, job_id: str) -> bool:
         """Remove a waiting job, or interrupt a running one at its next step. False if already over."""
@@ -226,6 +290,27 @@ class LocalQueue:
     def jobs(self) -> list[Job]:
         running = list(self._running)
         return running + self.order()
+
+    async def listing(self) -> list[JobListing]:
+        now = self._clock()
+        return [JobListing(job.job_id, job.user_id, job.request.prompt, self.status(job), now - job.submitted_at)
+                for job in self.jobs()]
+
+    async def pending_jobs(self) -> list[PendingJob]:
+        """Jobs an earlier run accepted and never ended (empty without a store)."""
+        return [PendingJob(job.job_id, job.user_id, job.request, job.meta, JobState.QUEUED, job.submitted_at)
+                for job in self._earlier.values()]
+
+    async def resume(self, job_id: str) -> Job:
+        """Queue an earlier run's job again, ahead of nothing: it takes its turn like a new one (limits
+        are not applied; it was accepted already)."""
+        earlier = self._earlier.pop(job_id)
+        age = max(0.0, time.time() - earlier.submitted_at)
+        job = Job(job_id=job_id, user_id=earlier.user_id, request=earlier.request, submitted_at=self._clock() - age,
+                  future=asyncio.get_running_loop().create_future(), meta=earlier.meta)
+        self._enqueue(job)
+        log.info("resumed %s for user %s (position %d)", job_id, job.user_id, self.position(job))
+        return job
 
     def _next(self) -> Job | None:
         for user_id, jobs in list(self._waiting.items()):
@@ -303,9 +388,11 @@ class LocalQueue:
         return taken
 
     def _finish(self, job: Job, state: JobState, *, result: GenerationResult | None = None,
-                error: BaseException | None = None) -> None:
+                error: BaseException | None = None, forget: bool = True) -> None:
         job.state = state
         self._jobs.pop(job.job_id, None)
+        if forget and self.store is not None:
+            self.store.remove(job.job_id)
         if job.future.done():
             return
         if error is not None:

@@ -3,7 +3,7 @@ do the GPU work. Jobs, fairness, limits and results all live in Redis, so a bot 
 
 Keys, for a prefix P ("refinery"; write it as "{refinery}" on Redis Cluster so all keys share a slot):
 
-    P:job:<id>     hash    request JSON, user_id, meta JSON, submitted_at, bkey, state, step, total,
+    P:job:<id>     hash    request JSON, prompt, user_id, meta JSON, submitted_at, bkey, state, step, total,
                            cancel, worker, attempts, started_at, finished_at, writes
     P:q:<user>     list    the user's waiting job ids, oldest first
     P:ring         list    users with waiting jobs, in round-robin order (head = served next)
@@ -44,13 +44,22 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
 
-from pipeline.queue import Job, JobState, JobStatus, Limit, QueueLimitError, limit_error
+from pipeline.queue import (
+    Job,
+    JobListing,
+    JobState,
+    JobStatus,
+    Limit,
+    PendingJob,
+    QueueClosed,
+    QueueLimitError,
+    limit_error,
+)
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, batch_key
 
 log = logging.getLogger(__name__)
@@ -99,7 +108,7 @@ local function finish(P, job, state, outcome, ttl, now, duration)
 end
 """
 
-# ARGV: P, job, user, max_per_user, max_depth, cooldown_ms, request, meta, now, bkey.
+# ARGV: P, job, user, max_per_user, max_depth, cooldown_ms, request, meta, now, bkey, prompt.
 # Limits are checked in LocalQueue's order; the reply is {"ok", position} or {limit name, value}.
 _SUBMIT = """
 local P, job, user = ARGV[1], ARGV[2], ARGV[3]
@@ -114,7 +123,8 @@ if cooldown > 0 then
   redis.call('SET', P..':cool:'..user, '1', 'PX', cooldown)
 end
 redis.call('HSET', P..':job:'..job, 'job_id', job, 'user_id', user, 'request', ARGV[7], 'meta', ARGV[8],
-           'submitted_at', ARGV[9], 'bkey', ARGV[10], 'state', 'queued', 'step', 0, 'total', 0, 'attempts', 0)
+           'submitted_at', ARGV[9], 'bkey', ARGV[10], 'state', 'queued', 'step', 0, 'total', 0, 'attempts', 0,
+           'prompt', ARGV[11])
 local mine_waiting = redis.call('RPUSH', P..':q:'..user, job)
 if mine_waiting == 1 then redis.call('RPUSH', P..':ring', user) end
 redis.call('SADD', P..':waiting', job)
@@ -160,18 +170,6 @@ class RemoteGenerationError(RuntimeError):
 
 class QueueUnavailable(QueueLimitError):
     """Redis could not be reached; like a full queue, the user should simply try again later."""
-
-
-@dataclass(frozen=True)
-class PendingJob:
-    """A job submitted earlier whose answer no bot has collected: what a restarted bot re-attaches."""
-
-    job_id: str
-    user_id: int
-    request: GenerationRequest
-    meta: dict[str, Any]  # opaque to the queue: e.g. the channel and message to answer in
-    state: JobState
-    submitted_at: float  # wall clock (time.time())
 
 
 def estimate_eta(position: int, per_job_s: float | None, workers: int, running_elapsed: list[float]) -> float | None:
@@ -243,7 +241,7 @@ class RedisQueue:
         if self._pubsub is not None:
             await self._pubsub.aclose()
         for job in list(self._jobs.values()):
-            self._settle(job, JobState.CANCELLED, error=GenerationCancelled("the bot is shutting down"))
+            self._settle(job, JobState.CANCELLED, error=QueueClosed(kept=True))
             job.future.exception()  # marks it seen: nobody need await a future that ends with the bot
         await self._aredis.aclose()
         self._redis.close()
@@ -267,7 +265,8 @@ class RedisQueue:
         try:
             kind, value = self._submit(args=[
                 self.prefix, job_id, user_id, self.max_per_user, self.max_depth, round(self.cooldown_s * 1000),
-                json.dumps(request.to_dict()), meta_json, repr(time.time()), batch_key(request)])
+                json.dumps(request.to_dict()), meta_json, repr(time.time()), batch_key(request),
+                request.prompt[:200]])  # /queue shows the prompt without reading a request's images
         except redis.RedisError as exc:
             log.error("could not queue a job for user %s: %s", user_id, exc)
             raise QueueUnavailable("The image queue is unreachable right now; try again in a minute.", 60.0) from exc
@@ -279,7 +278,7 @@ class RedisQueue:
             raise limit_error(limit, amount, max_per_user=self.max_per_user, cooldown_s=self.cooldown_s,
                               retry_after_s=retry)
         job = Job(job_id=job_id, user_id=user_id, request=request, submitted_at=self._clock(),
-                  future=loop.create_future())
+                  future=loop.create_future(), meta=dict(meta or {}))
         self._jobs[job_id] = job
         self._positions[job_id] = value
         log.info("queued %s for user %s in Redis (position %d)", job_id, user_id, value)
@@ -314,6 +313,28 @@ class RedisQueue:
         running = [job for job in self._jobs.values() if job.state is JobState.RUNNING]
         return running + self.order()
 
+    async def listing(self) -> list[JobListing]:
+        """Every bot's running and waiting jobs on this prefix, read from Redis in one round trip
+        (plus the fair-order script): running first, then in the order the workers will take them."""
+        running = [job_id for job_id, _ in await self._aredis.zrange(self.key("running"), 0, -1, withscores=True)]
+        waiting = [job_id for job_id in await self._order(args=[self.prefix, self.max_depth]) if job_id not in running]
+        pipe = self._aredis.pipeline(transaction=False)
+        for job_id in running + waiting:
+            pipe.hmget(self.key("job", job_id), "user_id", "prompt", "submitted_at", "step", "total")
+        rows = await pipe.execute()
+        now, listed = time.time(), []
+        for index, (job_id, (user_id, prompt, submitted, step, total)) in enumerate(
+                zip(running + waiting, rows, strict=True)):
+            if user_id is None:
+                continue  # finished and expired between the two reads
+            position = index - len(running) + 1 if index >= len(running) else 0
+            state = JobState.QUEUED if position else JobState.RUNNING
+            status = JobStatus(state, position, self.eta_s(position) if position else None, int(step or 0),
+                               int(total or 0), job_id)
+            listed.append(JobListing(job_id, int(user_id), prompt or "", status,
+                                     max(0.0, now - float(submitted or now))))
+        return listed
+
     # --- restarts -------------------------------------------------------------------------------
 
     async def pending_jobs(self) -> list[PendingJob]:
@@ -334,14 +355,14 @@ class RedisQueue:
 
     async def resume(self, job_id: str) -> Job:
         """Follow a job submitted by an earlier run of the bot; its future resolves like a new one's."""
-        user_id, request, state, submitted = await self._aredis.hmget(
-            self.key("job", job_id), "user_id", "request", "state", "submitted_at")
+        user_id, request, state, submitted, meta = await self._aredis.hmget(
+            self.key("job", job_id), "user_id", "request", "state", "submitted_at", "meta")
         if request is None:
             raise KeyError(f"job {job_id} is not in Redis under {self.prefix!r}")
         age = max(0.0, time.time() - float(submitted))
         job = Job(job_id=job_id, user_id=int(user_id), request=GenerationRequest.from_dict(json.loads(request)),
                   submitted_at=self._clock() - age, future=asyncio.get_running_loop().create_future(),
-                  state=JobState(state))
+                  state=JobState(state), meta=json.loads(meta or "{}"))
         self._jobs[job_id] = job
         if state in FINISHED:
             await self._collect(job_id)

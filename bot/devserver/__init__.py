@@ -258,6 +258,12 @@ class DiscordDevServer:
         self._feed.reaction(message_id, user_id, emoji, added=True)
         await self._gateway.drain()
 
+    async def delete_message(self, channel_id: int, message_id: int) -> None:
+        """Delete a message as a moderator's client would (MESSAGE_DELETE); later edits get 404."""
+        self._require(channel_id=channel_id, user_id=self.bot_user_id, message_id=message_id)
+        self._feed.deleted(message_id)
+        await self._gateway.drain()
+
     async def remove_reaction(self, channel_id: int, message_id: int, user_id: int, emoji: str) -> None:
         """Take a user's reaction back (MESSAGE_REACTION_REMOVE)."""
         self._require(channel_id=channel_id, user_id=user_id, message_id=message_id)

@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from pipeline.job_store import JobStore
 from pipeline.queue import JobState, LocalQueue, QueueLimitError
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback
 
@@ -119,3 +120,35 @@ async def test_progress_reaches_the_loop_and_work_runs_off_it() -> None:
     assert generator.threads and all(name.startswith("refinery-gpu") for name in generator.threads)
     assert queue.eta_s(2) is not None
     await queue.close()
+
+
+async def test_job_store_keeps_accepted_jobs_until_they_end(tmp_path) -> None:
+    """With a JobStore, jobs accepted but not ended are back after a restart (with their meta, in
+    submission order); finished and cancelled jobs are gone from it."""
+    generator = RecordingGenerator()
+    queue = LocalQueue(generator, max_per_user=10, store=JobStore(tmp_path / "jobs.sqlite3"))
+    await queue.start()
+    done = queue.submit(request("done"), user_id=1, meta={"ack": 1})
+    await done.future
+    generator.gate.clear()
+    running = queue.submit(request("running"), user_id=1, meta={"ack": 2})
+    waiting = queue.submit(request("waiting"), user_id=2, meta={"ack": 3})
+    cancelled = queue.submit(request("cancelled"), user_id=2, meta={"ack": 4})
+    assert queue.cancel(cancelled.job_id)
+    while running.state is not JobState.RUNNING:
+        await asyncio.sleep(0.01)
+    closing = asyncio.create_task(queue.close())  # a crash leaves the same rows: written before submit returns
+    await asyncio.sleep(0.05)
+    generator.gate.set()  # the running job stops at its next step: close() flagged it
+    await closing
+
+    again = LocalQueue(generator, max_per_user=10, store=JobStore(tmp_path / "jobs.sqlite3"))
+    pending = await again.pending_jobs()
+    assert [(p.job_id, p.request.prompt, p.meta) for p in pending] == [
+        (running.job_id, "running", {"ack": 2}), (waiting.job_id, "waiting", {"ack": 3})]
+    await again.start()
+    resumed = [await again.resume(p.job_id) for p in pending]
+    results = await asyncio.gather(*(job.future for job in resumed))
+    assert [r.seeds for r in results] == [(1, 2, 3, 4)] * 2 and generator.ran[-2:] == ["running", "waiting"]
+    assert await again.pending_jobs() == [] and again.store is not None and again.store.pending() == []
+    await again.close()

@@ -23,7 +23,7 @@ import redis
 from PIL import Image
 
 from pipeline.diffusers_generator import DiffusersGenerator
-from pipeline.queue import JobQueue, JobState, LocalQueue, QueueLimitError
+from pipeline.queue import JobQueue, JobState, LocalQueue, QueueClosed, QueueLimitError
 from pipeline.redis_queue import RedisQueue, estimate_eta
 from pipeline.redis_worker import RedisWorker
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback
@@ -288,8 +288,9 @@ async def test_restarted_bot_resumes_its_jobs(queues: Any, worker: Any) -> None:
     waiting = first.submit(request("waiting"), user_id=2, meta={"channel": 5, "message": 7})
     await first.close()
     for job in (done, waiting):
-        with pytest.raises(GenerationCancelled, match="shutting down"):
+        with pytest.raises(QueueClosed) as closed:
             await job.future
+        assert closed.value.kept, "a Redis job outlives the bot that submitted it"
     serving = worker(RecordingGenerator())
     assert await asyncio.to_thread(serving.run_once) == 1  # finishes while no bot is listening
     second = await queues()
@@ -374,3 +375,25 @@ async def test_two_worker_processes_one_killed_mid_job(queues: Any, redis_client
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(15)
+
+
+async def test_listing_shows_every_bots_jobs_in_fair_order(queues: Any, worker: Any) -> None:
+    """/queue's listing comes from Redis: a second bot process sees the first one's jobs, with prompts,
+    owners and round-robin positions, and the running job first."""
+    first, second = await queues(), await queues()
+    for k in range(3):
+        first.submit(request(f"alice {k}"), user_id=1)
+    second.submit(request("bob 0"), user_id=2)
+    listed = await second.listing()
+    assert [(e.user_id, e.prompt, e.status.position) for e in listed] == [
+        (1, "alice 0", 1), (2, "bob 0", 2), (1, "alice 1", 3), (1, "alice 2", 4)]
+    assert all(e.status.state is JobState.QUEUED and e.waited_s >= 0 for e in listed)
+
+    generator = RecordingGenerator(hold_at=1)
+    running = asyncio.create_task(asyncio.to_thread(worker(generator, batch_size=1).run_once))
+    await until(generator.held.is_set)
+    listed = await first.listing()
+    assert [(e.prompt, e.status.state, e.status.position) for e in listed][:2] == [
+        ("alice 0", JobState.RUNNING, 0), ("bob 0", JobState.QUEUED, 1)]
+    generator.release.set()
+    await running
