@@ -19,9 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from storage.journal import AsyncJournal, Journal
-from storage.oxen_writer import WriterProcess, WriterSettings
+from storage.async_journal import AsyncJournal
+from storage.journal import Journal
 from storage.records import VoteEvent, new_id
+from storage.writer_process import WriterProcess
+from storage.writer_settings import WriterSettings
 
 
 def _vote(n: int) -> VoteEvent:

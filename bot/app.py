@@ -19,11 +19,14 @@ from pipeline.acceleration import Acceleration
 from pipeline.diffusers_generator import DiffusersGenerator, GeneratorSettings
 from pipeline.generator import Generator
 from pipeline.job_store import JobStore
-from pipeline.queue import JobQueue, LocalQueue
+from pipeline.jobs import JobQueue
+from pipeline.queue import LocalQueue
 from pipeline.redis_queue import RedisQueue
+from storage.async_journal import AsyncJournal
 from storage.images import ImageStore
-from storage.journal import AsyncJournal, Journal
-from storage.oxen_writer import WriterProcess, WriterSettings
+from storage.journal import Journal
+from storage.writer_process import WriterProcess
+from storage.writer_settings import WriterSettings
 
 log = logging.getLogger(__name__)
 

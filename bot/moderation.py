@@ -30,8 +30,9 @@ from bot.permissions import Action, Member, allowed, is_moderator
 from bot.wordfilter import WordFilter, normalise
 from pipeline.requests import GenerationRequest
 from storage import export_branches
+from storage.async_journal import AsyncJournal
 from storage.exports import FORMATS, ExportFilters, ExportResult, build_dataset
-from storage.journal import AsyncJournal, Journal
+from storage.journal import Journal
 from storage.pseudonyms import ExportKeyMissingError, Pseudonymiser
 from storage.records import ModerationAction, Round, new_id
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from bot.config import Config
 from bot.errors import InvalidInput
+from pipeline.masks import UnreadableMask, read_user_mask
 from pipeline.planner import Plan, fallback_to_conditioning
 from pipeline.requests import MAX_SEED, GenerationRequest, Mode, consecutive_seeds
 from storage.records import Round
@@ -138,3 +139,13 @@ def _join(*parts: str) -> str:
 
 def _with_notes(summary: str, notes: list[str]) -> str:
     return summary + "".join(f" — {note}" for note in notes)
+
+
+def attached_mask(data: bytes, size: tuple[int, int], config: Config) -> bytes:
+    """A mask attached to a reply, checked against `[refine]`'s limits and made a mask of `size`
+    (InvalidInput says what is wrong with it). Decodes an image: run it off the event loop."""
+    limits = config.refine
+    try:
+        return read_user_mask(data, size, max_bytes=limits.max_mask_bytes, max_pixels=limits.max_mask_pixels)
+    except UnreadableMask as exc:
+        raise InvalidInput(str(exc)) from None

@@ -7,7 +7,7 @@ import io
 import discord
 
 from bot.config import Config
-from pipeline.queue import JobListing, JobState, JobStatus
+from pipeline.jobs import JobListing, JobState, JobStatus
 from storage.records import Round
 
 MAX_CONTENT = 2000  # Discord's message length limit

@@ -29,14 +29,13 @@ from bot.moderation import ExportSummary, Moderation
 from bot.options import PromptInput, build_request
 from bot.permissions import Action, Member, allowed
 from bot.ratelimit import EventRateLimit
-from bot.refinement import Refinement, button_refinement, choose_candidate, refinement_for_plan
+from bot.refinement import Refinement, attached_mask, button_refinement, choose_candidate, refinement_for_plan
 from bot.tickets import Origin, Ticket
-from pipeline.masks import UnreadableMask, read_user_mask
+from pipeline.jobs import Job, JobListing, JobQueue, JobStatus, QueueClosed, QueueLimitError
 from pipeline.planner import PlanError, plan_refinement
-from pipeline.queue import Job, JobListing, JobQueue, JobStatus, QueueClosed, QueueLimitError
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, Mode
+from storage.async_journal import AsyncJournal
 from storage.images import ImageStore
-from storage.journal import AsyncJournal
 from storage.records import (
     ModerationAction,
     RefinementRequest,
@@ -102,13 +101,10 @@ class RefineryService:
 
     # --- prompts -------------------------------------------------------------------------------
 
-    def request_for(self, given: PromptInput) -> GenerationRequest:
-        """Validate a prompt and its options (raises InvalidInput with the bad value named)."""
-        return build_request(given, self.config.generation)
-
     async def checked_request(self, given: PromptInput, user_id: int) -> GenerationRequest:
-        """`request_for`, then the banned-phrase check of the prompt and negative prompt (Refused)."""
-        request = self.request_for(given)
+        """Validate a prompt and its options (InvalidInput names the bad value), then check the prompt
+        and negative prompt against the banned phrases (Refused)."""
+        request = build_request(given, self.config.generation)
         await self.moderation.screen(user_id, request.prompt, request.negative_prompt)
         return request
 
@@ -143,22 +139,11 @@ class RefineryService:
         started = job.started_at if job.started_at is not None else job.submitted_at
         round_id = new_id()
         paths = await asyncio.to_thread(self.images.save_round, round_id, result.images)
-        lineage: dict[str, object] = dict(ticket.lineage)
-        if lineage:
-            lineage["strength"] = request.strength if request.init_image else None
-            lineage["mask_path"] = None
-            if request.mask_image is not None:
-                lineage["mask_path"] = await asyncio.to_thread(self.images.save, round_id, "mask.png",
-                                                               request.mask_image)
-        record = Round(
-            round_id=round_id, prompt=request.prompt, negative_prompt=request.negative_prompt,
-            mode=request.mode.value, steps=request.steps, guidance=request.guidance, width=request.width,
-            height=request.height, seeds=result.seeds, model_id=result.model_id,
-            model_revision=result.model_revision, scheduler=result.scheduler, image_paths=paths,
-            requester_id=origin.user_id, guild_id=origin.guild_id, channel_id=origin.channel_id,
-            source=origin.source, queued_s=round(max(0.0, started - job.submitted_at), 4),
-            generate_s=round(result.elapsed_s, 4), **lineage,  # type: ignore[arg-type]
-        )
+        mask_path = None
+        if ticket.lineage and request.mask_image is not None:
+            mask_path = await asyncio.to_thread(self.images.save, round_id, "mask.png", request.mask_image)
+        record = ticket.round_record(round_id, request, result, paths, mask_path=mask_path,
+                                     queued_s=max(0.0, started - job.submitted_at))
         await self.journal.append(record)
         log.info("round %s done for user %s (%s, %.2fs)", round_id, origin.user_id, job.job_id,
                  result.elapsed_s)
@@ -267,7 +252,8 @@ class RefineryService:
         candidate, why = choose_candidate(plan.candidate, mine, {k: len(v) for k, v in state.items()})
         mask = None
         if mask_attachment is not None:
-            mask = await asyncio.to_thread(self._read_mask, mask_attachment, (parent.width, parent.height))
+            mask = await asyncio.to_thread(attached_mask, mask_attachment, (parent.width, parent.height),
+                                           self.config)
             if plan.mode is not Mode.INPAINT:
                 plan = replace(plan, mode=Mode.INPAINT, region=plan.region or "the attached mask",
                                prompt=f"{parent.prompt}, {plan.instruction}")
@@ -314,13 +300,6 @@ class RefineryService:
         except (OSError, IndexError):
             log.warning("image of round %s #%s is missing", parent.round_id, candidate)
             return None
-
-    def _read_mask(self, data: bytes, size: tuple[int, int]) -> bytes:
-        limits = self.config.refine
-        try:
-            return read_user_mask(data, size, max_bytes=limits.max_mask_bytes, max_pixels=limits.max_mask_pixels)
-        except UnreadableMask as exc:
-            raise InvalidInput(str(exc)) from None
 
     # --- votes ---------------------------------------------------------------------------------
 

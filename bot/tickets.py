@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline.requests import GenerationRequest, GenerationResult
+from storage.records import Round
+
 
 @dataclass(frozen=True)
 class Origin:
@@ -39,3 +42,20 @@ class Ticket:
         origin = Origin(**data["origin"])
         return cls(origin=origin, ack_message_id=int(data["ack_message_id"]), note=data.get("note"),
                    spoiler=bool(data.get("spoiler", False)), lineage=dict(data.get("lineage") or {}))
+
+    def round_record(self, round_id: str, request: GenerationRequest, result: GenerationResult,
+                     image_paths: tuple[str, ...], *, mask_path: str | None, queued_s: float) -> Round:
+        """The journal's record of the round this ticket's job made (with its lineage, if a refinement)."""
+        lineage: dict[str, Any] = dict(self.lineage)
+        if lineage:
+            lineage["strength"] = request.strength if request.init_image else None
+            lineage["mask_path"] = mask_path
+        origin = self.origin
+        return Round(
+            round_id=round_id, prompt=request.prompt, negative_prompt=request.negative_prompt,
+            mode=request.mode.value, steps=request.steps, guidance=request.guidance, width=request.width,
+            height=request.height, seeds=result.seeds, model_id=result.model_id,
+            model_revision=result.model_revision, scheduler=result.scheduler, image_paths=image_paths,
+            requester_id=origin.user_id, guild_id=origin.guild_id, channel_id=origin.channel_id,
+            source=origin.source, queued_s=round(queued_s, 4), generate_s=round(result.elapsed_s, 4), **lineage,
+        )

@@ -1,4 +1,4 @@
-"""The job queue: the `JobQueue` protocol the service talks to, and `LocalQueue`, its in-process form.
+"""`LocalQueue`: the in-process `JobQueue` (the protocol and the job types are in pipeline.jobs).
 
 Jobs wait in one queue per user and are taken round-robin, so one busy user cannot starve others.
 Generation runs in a single worker thread (GPU work is serialised: pipelines made with `from_pipe`
@@ -15,162 +15,28 @@ import collections
 import contextlib
 import itertools
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
 from pipeline.generator import Generator
 from pipeline.job_store import JobStore
+from pipeline.jobs import (
+    Job,
+    JobListing,
+    JobState,
+    JobStatus,
+    Limit,
+    PendingJob,
+    QueueClosed,
+    limit_error,
+)
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback, batch_key
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class QueueLimitError(Exception):
-    """A job was refused by a queue limit; the message says which, `retry_after_s` when to retry."""
-
-    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class QueueClosed(Exception):
-    """The job's queue closed before the job finished. `kept`: it lives on (Redis) and a restarted
-    bot can resume it; otherwise it is gone with the process."""
-
-    def __init__(self, kept: bool) -> None:
-        super().__init__("the queue closed; the job " + ("stays queued" if kept else "was dropped"))
-        self.kept = kept
-
-
-class Limit(StrEnum):
-    PER_USER = "per_user"
-    DEPTH = "depth"
-    COOLDOWN = "cooldown"
-
-
-def limit_error(limit: Limit, value: float, *, max_per_user: int, cooldown_s: float,
-                retry_after_s: float | None) -> QueueLimitError:
-    """The one wording of each queue limit, shared by the in-process and the Redis queue.
-    `value`: the user's jobs (PER_USER), the jobs waiting (DEPTH), or seconds left (COOLDOWN)."""
-    if limit is Limit.PER_USER:
-        return QueueLimitError(f"You already have {value:.0f} job(s) in the queue (the limit is {max_per_user}); "
-                               "wait for one to finish.", retry_after_s)
-    if limit is Limit.DEPTH:
-        return QueueLimitError(f"The queue is full ({value:.0f} jobs waiting); try again in a minute.", retry_after_s)
-    return QueueLimitError(f"Slow down: one prompt every {cooldown_s:g} s; try again in {value:.0f} s.", value)
-
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-@dataclass(eq=False)
-class Job:
-    """One request in the queue. Mutated only on the event loop (progress arrives via call_soon)."""
-
-    job_id: str
-    user_id: int
-    request: GenerationRequest
-    submitted_at: float
-    future: asyncio.Future[GenerationResult]
-    state: JobState = JobState.QUEUED
-    step: int = 0
-    total_steps: int = 0
-    started_at: float | None = None
-    meta: dict[str, Any] = field(default_factory=dict)  # opaque to the queue: who to answer, and where
-    _cancel: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def finished(self) -> bool:
-        return self.state in (JobState.DONE, JobState.FAILED, JobState.CANCELLED)
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    """What a user is shown about a job: its place in line, an ETA, or its step progress."""
-
-    state: JobState
-    position: int  # 1 = next to run; 0 when running or finished
-    eta_s: float | None
-    step: int
-    total_steps: int
-    job_id: str = ""  # lets the acknowledgement carry a Cancel button for this job
-
-
-@dataclass(frozen=True)
-class JobListing:
-    """One line of `/queue`: any process's job, running or waiting."""
-
-    job_id: str
-    user_id: int
-    prompt: str
-    status: JobStatus
-    waited_s: float
-
-
-@dataclass(frozen=True)
-class PendingJob:
-    """A job submitted by an earlier run of the bot whose answer nobody collected (durable queues)."""
-
-    job_id: str
-    user_id: int
-    request: GenerationRequest
-    meta: dict[str, Any]  # what the submitter passed to submit(meta=...)
-    state: JobState
-    submitted_at: float  # wall clock (time.time())
-
-
-@runtime_checkable
-class JobQueue(Protocol):
-    """What the service and the app use of a queue: exactly this, so LocalQueue and RedisQueue swap."""
-
-    async def start(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
-        """Queue a request, or raise QueueLimitError; `job.future` resolves to its result. `meta`
-        (JSON) is kept with the job, so a durable queue can hand it back after a restart."""
-        ...
-
-    def status(self, job: Job) -> JobStatus:
-        """Cheap enough to call every second: position, ETA and step progress as known now."""
-        ...
-
-    def cancel(self, job_id: str) -> bool:
-        """Drop a waiting job or stop a running one at its next step; False if it is already over."""
-        ...
-
-    def jobs(self) -> list[Job]:
-        """This process's running and waiting jobs, in the order they will run."""
-        ...
-
-    async def listing(self) -> list[JobListing]:
-        """Every process's running and waiting jobs, running first, then in the order they will run."""
-        ...
-
-    async def pending_jobs(self) -> list[PendingJob]:
-        """Jobs an earlier run submitted and nobody answered; empty for a queue that dies with us."""
-        ...
-
-    async def resume(self, job_id: str) -> Job:
-        """Follow a pending job; its future resolves like a new one's (KeyError if it is gone)."""
-        ...
-
-    async def run_in_worker(self, fn: Callable[[], T]) -> T:
-        """Run blocking work (model loading, CLIPSeg masks) off the event loop."""
-        ...
 
 
 class LocalQueue:

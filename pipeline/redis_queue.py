@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aioredis
 
-from pipeline.queue import (
+from pipeline.jobs import (
     Job,
     JobListing,
     JobState,

@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from pipeline.generator import Generator
-from pipeline.queue import JobState
+from pipeline.jobs import JobState
 from pipeline.redis_queue import FAIR_ORDER_LUA, FINISH_LUA, GROUP
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, batch_key
 

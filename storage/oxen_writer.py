@@ -24,11 +24,14 @@ Exactly once across crashes:
 Dataset exports asked for by the bot (request files, see storage.export_branches) are committed
 between group commits, each on its own branch `exports/<name>`; the writer then returns to the main
 branch, and a writer that died on an export branch returns to it on start.
+
+`WriterSettings`, the exit codes and the status and flush files are in storage.writer_settings; the
+shard schema and commit message in storage.oxen_format; the bot's supervisor in
+storage.writer_process.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -38,129 +41,32 @@ import re
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
-import types
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 from urllib.parse import urlparse
-
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from storage import export_branches
 from storage.journal import Journal, JournalEvent
+from storage.oxen_format import commit_message, write_shard
 from storage.oxen_repo import OxenError, OxenRepository
-from storage.records import RECORD_TYPES, Record, Round
+from storage.records import Round
+from storage.writer_settings import EXIT_CONFIG, EXIT_OK, EXIT_RETRY, FLUSH_FILE, REEXEC_ENV, WriterSettings
 
 log = logging.getLogger("refinery.oxen_writer")
 
-EXIT_OK, EXIT_RETRY, EXIT_CONFIG = 0, 75, 78  # sysexits: TEMPFAIL (start a fresh process), CONFIG
-STATUS_FILE = "writer-status.json"
-FLUSH_FILE = "oxen-writer.flush"
 PAUSE_ENV = "REFINERY_WRITER_PAUSE_AT"  # test hook: after_write | after_add | after_commit
-REEXEC_ENV = "REFINERY_WRITER_REEXEC"
 _RANGE = re.compile(r"^refinery: .*\(events (\d+)-(\d+)\)$")  # a commit's first line
 _JOURNAL_LINE = re.compile(r"^journal ([0-9a-f]+)$", re.MULTILINE)
 _SHARD = re.compile(r"^(\d{12})-(\d{12})\.parquet$")
 _NOT_IMAGES = ("tables", ".oxen", "exports")  # the writer's own folders: a round's file never goes there
-_LABELS = {"round_messages": "round message", "moderation": "moderation action"}
 
 
 class WriterConfigError(Exception):
     """The journal and the repository do not belong together; restarting will not help."""
-
-
-@dataclass(frozen=True)
-class WriterSettings:
-    journal: Path
-    repo: Path
-    data_dir: Path
-    interval_s: float = 5.0  # commit once the oldest pending event has waited this long...
-    batch: int = 500  # ...or this many are pending; also the most events per commit
-    once: bool = False  # commit everything journaled so far, push if configured, exit
-    remote: str | None = None
-    push_interval_s: float = 300.0
-    parent_pid: int | None = None  # exit (after the current batch) when this parent goes away
-    poll_s: float = 0.2
-
-    @property
-    def status_path(self) -> Path:
-        return self.data_dir / STATUS_FILE
-
-    def to_argv(self) -> list[str]:
-        argv = ["--journal", str(self.journal), "--repo", str(self.repo), "--data-dir", str(self.data_dir),
-                "--interval", str(self.interval_s), "--batch", str(self.batch)]
-        if self.once:
-            argv.append("--once")
-        if self.remote:
-            argv += ["--remote", self.remote, "--push-interval", str(self.push_interval_s)]
-        if self.parent_pid:
-            argv += ["--parent-pid", str(self.parent_pid)]
-        return argv
-
-    @classmethod
-    def from_argv(cls, argv: list[str] | None = None) -> WriterSettings:
-        p = argparse.ArgumentParser(prog="python -m storage.oxen_writer", description=__doc__.split("\n")[0])
-        p.add_argument("--journal", type=Path, required=True)
-        p.add_argument("--repo", type=Path, required=True)
-        p.add_argument("--data-dir", type=Path, required=True)
-        p.add_argument("--interval", type=float, default=5.0)
-        p.add_argument("--batch", type=int, default=500)
-        p.add_argument("--once", action="store_true")
-        p.add_argument("--remote")
-        p.add_argument("--push-interval", type=float, default=300.0)
-        p.add_argument("--parent-pid", type=int)
-        a = p.parse_args(argv)
-        if a.batch < 1 or a.interval < 0:
-            p.error(f"--batch must be >= 1 and --interval >= 0, got {a.batch} and {a.interval}")
-        return cls(a.journal, a.repo, a.data_dir, a.interval, a.batch, a.once, a.remote, a.push_interval,
-                   a.parent_pid)
-
-
-# -- shards -----------------------------------------------------------------------------------------
-_ARROW: dict[Any, pa.DataType] = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
-
-
-def arrow_type(hint: Any) -> pa.DataType:
-    """Record field annotation -> Arrow type: str/int/float/bool, `X | None` (nullable X), tuple[X, ...]
-    (list<X>)."""
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        (inner,) = [a for a in get_args(hint) if a is not type(None)]
-        return arrow_type(inner)
-    if origin is tuple:
-        return pa.list_(arrow_type(get_args(hint)[0]))
-    if hint in _ARROW:
-        return _ARROW[hint]
-    raise TypeError(f"no Arrow type for record field annotation {hint!r}")
-
-
-def table_schema(cls: type[Record]) -> pa.Schema:
-    """`seq` (the journal's, int64, not null) then the record's fields in declaration order."""
-    hints = get_type_hints(cls)
-    return pa.schema([pa.field("seq", pa.int64(), nullable=False)]
-                     + [pa.field(f.name, arrow_type(hints[f.name])) for f in fields(cls)])
-
-
-def write_shard(path: Path, events: list[JournalEvent]) -> None:
-    cls = type(events[0].record)
-    rows = [{"seq": e.seq, **e.record.to_dict()} for e in events]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=table_schema(cls)), path, compression="zstd")
-
-
-def commit_message(first: int, last: int, counts: Mapping[str, int], journal_id: str) -> str:
-    parts = []
-    for kind in RECORD_TYPES:
-        if n := counts.get(kind, 0):
-            label = _LABELS.get(kind, kind.rstrip("s"))
-            parts.append(f"{n} {label}{'' if n == 1 else 's'}")
-    return f"refinery: {', '.join(parts)} (events {first}-{last})\n\njournal {journal_id}"
 
 
 def _pause_point(name: str, data_dir: Path) -> None:
@@ -453,103 +359,6 @@ def run_writer(settings: WriterSettings, stop: threading.Event | None = None) ->
     finally:
         journal.close()
         lock.close()
-
-
-class WriterProcess:
-    """Runs the writer as a child process for the bot: `start`, `flush`, `stop`, `ensure_running`.
-
-    The child gets its own session (a Ctrl-C meant for the bot must not kill it mid-batch) and is
-    told the bot's pid, so it exits by itself if the bot dies. Its stdout (Oxen prints a line per
-    add and commit) and stderr go to `log_path`. Methods are blocking: call them from a thread
-    (`asyncio.to_thread`) on the event loop.
-    """
-
-    def __init__(self, settings: WriterSettings, *, log_path: Path | None = None) -> None:
-        self.settings = settings
-        self.log_path = log_path or settings.data_dir / "oxen-writer.log"
-        self.restarts = 0
-        self.last_exit: int | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._started_at = 0.0
-        self._next_start = 0.0
-        self._stopping = False
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc else None
-
-    def start(self) -> None:
-        if self.running:
-            return
-        self._stopping = False
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        settings = replace(self.settings, once=False, parent_pid=os.getpid())
-        root = str(Path(__file__).resolve().parent.parent)  # so `-m storage.oxen_writer` resolves
-        env = {k: v for k, v in os.environ.items() if k != REEXEC_ENV}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        with open(self.log_path, "ab") as out:
-            self._proc = subprocess.Popen([sys.executable, "-m", "storage.oxen_writer", *settings.to_argv()],
-                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                          env=env, start_new_session=True)
-        self._started_at = time.monotonic()
-        log.info("oxen writer started, pid %d", self._proc.pid)
-
-    def ensure_running(self) -> bool:
-        """Restart the writer if it died unexpectedly; True if it was (re)started. Quick repeated
-        deaths back off (at once, then 1 s doubling to 60 s); a configuration error is not retried."""
-        if self._stopping or self.running:
-            return False
-        if self._proc is not None:
-            self.last_exit = self._proc.returncode
-            self._proc = None
-            if self.last_exit == EXIT_CONFIG:
-                log.error("oxen writer refused to start (configuration); see %s", self.settings.status_path)
-            quick = time.monotonic() - self._started_at < 60
-            self.restarts = self.restarts + 1 if quick else 1
-            delay = 0.0 if self.restarts == 1 else min(60.0, 2.0 ** (self.restarts - 2))
-            self._next_start = time.monotonic() + delay
-            log.warning("oxen writer exited with %s; restarting", self.last_exit)
-        if self.last_exit == EXIT_CONFIG or time.monotonic() < self._next_start:
-            return False
-        self.start()
-        return True
-
-    def flush(self, timeout: float = 30.0) -> bool:
-        """Ask for a commit now; True once everything journaled before the call is in Oxen."""
-        journal = Journal(self.settings.journal)
-        try:
-            target, deadline, asked = journal.last_seq(), time.monotonic() + timeout, 0.0
-            while journal.synced_through() < target:
-                if time.monotonic() > deadline:
-                    return False
-                self.ensure_running()
-                if time.monotonic() - asked > 1.0:  # re-ask: a restarted writer never saw the first
-                    (self.settings.data_dir / FLUSH_FILE).touch()
-                    asked = time.monotonic()
-                time.sleep(0.05)
-            return True
-        finally:
-            journal.close()
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (the writer finishes its batch), wait, SIGKILL if it will not go."""
-        self._stopping = True
-        if self._proc is None:
-            return self.last_exit
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self.last_exit = self._proc.returncode
-        self._proc = None
-        return self.last_exit
 
 
 def main(argv: list[str] | None = None) -> int:

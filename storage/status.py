@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.journal import Journal
-from storage.oxen_writer import STATUS_FILE
+from storage.writer_settings import STATUS_FILE
 
 _STALE_S = 30.0  # the writer rewrites its status at least every ~5 s while alive
 

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 from pipeline.job_store import JobStore
-from pipeline.queue import JobState, LocalQueue, QueueLimitError
+from pipeline.jobs import JobState, QueueLimitError
+from pipeline.queue import LocalQueue
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback
 
 

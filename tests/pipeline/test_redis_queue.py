@@ -23,7 +23,8 @@ import redis
 from PIL import Image
 
 from pipeline.diffusers_generator import DiffusersGenerator
-from pipeline.queue import JobQueue, JobState, LocalQueue, QueueClosed, QueueLimitError
+from pipeline.jobs import JobQueue, JobState, QueueClosed, QueueLimitError
+from pipeline.queue import LocalQueue
 from pipeline.redis_queue import RedisQueue, estimate_eta
 from pipeline.redis_worker import RedisWorker
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback

@@ -20,8 +20,8 @@ import pytest
 
 from storage.journal import Journal
 from storage.oxen_repo import OxenError, OxenRepository
-from storage.oxen_writer import WriterSettings
 from storage.records import Round, VoteEvent, new_id
+from storage.writer_settings import WriterSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

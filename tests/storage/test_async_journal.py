@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from storage.journal import AsyncJournal, Journal, JournalClosedError
+from storage.async_journal import AsyncJournal
+from storage.journal import Journal, JournalClosedError
 from storage.records import Round, RoundPosted, VoteEvent
 
 

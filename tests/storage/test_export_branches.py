@@ -9,7 +9,7 @@ from pathlib import Path
 
 from storage.export_branches import export_outcome, request_export, requests_dir
 from storage.journal import Journal
-from storage.oxen_writer import EXIT_OK, WriterSettings
+from storage.writer_settings import EXIT_OK, WriterSettings
 from tests.oxen_reader import committed_rows
 from tests.storage.conftest import ROOT, writer_env
 

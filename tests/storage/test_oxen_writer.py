@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.journal import Journal
-from storage.oxen_writer import EXIT_OK, WriterProcess, WriterSettings, table_schema
+from storage.oxen_format import table_schema
 from storage.records import (
     ModerationAction,
     RefinementRequest,
@@ -23,6 +23,8 @@ from storage.records import (
     new_id,
 )
 from storage.status import log_status
+from storage.writer_process import WriterProcess
+from storage.writer_settings import EXIT_OK, WriterSettings
 
 
 def _expected(journal: Journal) -> dict[str, list[dict]]:

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from storage.journal import Journal
-from storage.oxen_writer import STATUS_FILE
 from storage.status import log_status
+from storage.writer_settings import STATUS_FILE
 
 
 def test_before_anything_ran(data_dir: Path):

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from storage.journal import Journal
-from storage.oxen_writer import EXIT_CONFIG, EXIT_OK, EXIT_RETRY, PAUSE_ENV, WriterSettings
+from storage.oxen_writer import PAUSE_ENV
+from storage.writer_settings import EXIT_CONFIG, EXIT_OK, EXIT_RETRY, WriterSettings
 
 _RANGE = re.compile(r"\(events (\d+)-(\d+)\)")
 

@@ -1,0 +1,115 @@
+"""The bot's side of the Oxen writer: `WriterProcess` runs `python -m storage.oxen_writer` as a child
+process, restarts it when it dies, asks it to flush, and stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from storage.journal import Journal
+from storage.writer_settings import EXIT_CONFIG, FLUSH_FILE, REEXEC_ENV, WriterSettings
+
+log = logging.getLogger("refinery.oxen_writer")
+
+
+class WriterProcess:
+    """Runs the writer as a child process for the bot: `start`, `flush`, `stop`, `ensure_running`.
+
+    The child gets its own session (a Ctrl-C meant for the bot must not kill it mid-batch) and is
+    told the bot's pid, so it exits by itself if the bot dies. Its stdout (Oxen prints a line per
+    add and commit) and stderr go to `log_path`. Methods are blocking: call them from a thread
+    (`asyncio.to_thread`) on the event loop.
+    """
+
+    def __init__(self, settings: WriterSettings, *, log_path: Path | None = None) -> None:
+        self.settings = settings
+        self.log_path = log_path or settings.data_dir / "oxen-writer.log"
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._started_at = 0.0
+        self._next_start = 0.0
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self.running and self._proc else None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._stopping = False
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings = replace(self.settings, once=False, parent_pid=os.getpid())
+        root = str(Path(__file__).resolve().parent.parent)  # so `-m storage.oxen_writer` resolves
+        env = {k: v for k, v in os.environ.items() if k != REEXEC_ENV}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        with open(self.log_path, "ab") as out:
+            self._proc = subprocess.Popen([sys.executable, "-m", "storage.oxen_writer", *settings.to_argv()],
+                                          stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                          env=env, start_new_session=True)
+        self._started_at = time.monotonic()
+        log.info("oxen writer started, pid %d", self._proc.pid)
+
+    def ensure_running(self) -> bool:
+        """Restart the writer if it died unexpectedly; True if it was (re)started. Quick repeated
+        deaths back off (at once, then 1 s doubling to 60 s); a configuration error is not retried."""
+        if self._stopping or self.running:
+            return False
+        if self._proc is not None:
+            self.last_exit = self._proc.returncode
+            self._proc = None
+            if self.last_exit == EXIT_CONFIG:
+                log.error("oxen writer refused to start (configuration); see %s", self.settings.status_path)
+            quick = time.monotonic() - self._started_at < 60
+            self.restarts = self.restarts + 1 if quick else 1
+            delay = 0.0 if self.restarts == 1 else min(60.0, 2.0 ** (self.restarts - 2))
+            self._next_start = time.monotonic() + delay
+            log.warning("oxen writer exited with %s; restarting", self.last_exit)
+        if self.last_exit == EXIT_CONFIG or time.monotonic() < self._next_start:
+            return False
+        self.start()
+        return True
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Ask for a commit now; True once everything journaled before the call is in Oxen."""
+        journal = Journal(self.settings.journal)
+        try:
+            target, deadline, asked = journal.last_seq(), time.monotonic() + timeout, 0.0
+            while journal.synced_through() < target:
+                if time.monotonic() > deadline:
+                    return False
+                self.ensure_running()
+                if time.monotonic() - asked > 1.0:  # re-ask: a restarted writer never saw the first
+                    (self.settings.data_dir / FLUSH_FILE).touch()
+                    asked = time.monotonic()
+                time.sleep(0.05)
+            return True
+        finally:
+            journal.close()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (the writer finishes its batch), wait, SIGKILL if it will not go."""
+        self._stopping = True
+        if self._proc is None:
+            return self.last_exit
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self.last_exit = self._proc.returncode
+        self._proc = None
+        return self.last_exit
