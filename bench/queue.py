@@ -32,7 +32,8 @@ from pathlib import Path
 import redis
 
 from pipeline.diffusers_generator import DiffusersGenerator, GeneratorSettings
-from pipeline.queue import Job, LocalQueue
+from pipeline.jobs import Job
+from pipeline.queue import LocalQueue
 from pipeline.redis_queue import RedisQueue
 from pipeline.requests import GenerationRequest
 from pipeline.tiny import build_tiny_checkpoint

@@ -18,7 +18,7 @@ from bot.errors import RefineryError
 from bot.tickets import Ticket
 from cogs.members import member_of
 from cogs.rounds import CancelButton, Edit, run_and_post
-from pipeline.queue import Job
+from pipeline.jobs import Job
 
 log = logging.getLogger(__name__)
 

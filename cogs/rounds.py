@@ -18,7 +18,7 @@ from bot.client import RefineryBot
 from bot.errors import RefineryError
 from bot.service import FinishedRound, StatusSink
 from bot.tickets import Origin
-from pipeline.queue import JobState, JobStatus
+from pipeline.jobs import JobState, JobStatus
 from storage.records import Round
 
 log = logging.getLogger(__name__)
