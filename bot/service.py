@@ -175,7 +175,7 @@ class RefineryService:
         shown: JobStatus | None = None
         while True:
             status = self.queue.status(job)
-            if status != shown:
+            if status != shown and not job.finished:  # a finished job's answer replaces the status
                 shown = status
                 with contextlib.suppress(Exception):  # a failed edit must not fail the job
                     await show(status)

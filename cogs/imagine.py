@@ -17,7 +17,7 @@ from bot.client import RefineryBot
 from bot.errors import RefineryError
 from bot.options import PromptInput, parse_message
 from bot.tickets import Origin
-from cogs.rounds import is_nsfw, run_and_post
+from cogs.rounds import defer_with_ack, is_nsfw, run_and_post
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,12 @@ class Imagine(commands.Cog):
                             guidance=guidance, size=size)
         # InvalidInput / Refused → the tree's handler, ephemeral; nothing is queued
         request = await self.service.checked_request(given, interaction.user.id)
-        await interaction.response.defer(thinking=True)
-        ack = await interaction.original_response()  # its id lets ❌ cancel, and a restarted bot answer
+        ack_id = await defer_with_ack(interaction)  # lets ❌ cancel, and a restarted bot answer there
         origin = Origin(user_id=interaction.user.id, channel_id=interaction.channel_id or 0,
                         guild_id=interaction.guild_id, source="slash", nsfw_channel=is_nsfw(interaction.channel))
 
         await run_and_post(self.bot, origin, request.prompt,
-                           lambda show: self.service.imagine(request, origin, show, ack_message_id=ack.id),
+                           lambda show: self.service.imagine(request, origin, show, ack_message_id=ack_id),
                            interaction.edit_original_response)
 
     @commands.Cog.listener()

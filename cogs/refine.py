@@ -15,7 +15,7 @@ from discord.ext import commands
 from bot.client import RefineryBot, send_ephemeral
 from bot.errors import InvalidInput, RefineryError
 from bot.tickets import Origin
-from cogs.rounds import RoundButton, is_nsfw, run_and_post
+from cogs.rounds import RoundButton, defer_with_ack, is_nsfw, run_and_post
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +75,11 @@ class Refine(commands.Cog):
             text = await self.service.report_error(exc, user_id=origin.user_id, channel_id=origin.channel_id)
             await send_ephemeral(interaction, text)
             return
-        await interaction.response.defer(thinking=True)
-        ack = await interaction.original_response()
+        ack_id = await defer_with_ack(interaction)
         message_id = interaction.message.id if interaction.message is not None else 0
         await run_and_post(self.bot, origin, refinement.request.prompt,
                            lambda show: self.service.refine(refinement, origin, show, message_id=message_id,
-                                                            ack_message_id=ack.id),
+                                                            ack_message_id=ack_id),
                            interaction.edit_original_response, note=refinement.summary)
 
 

@@ -83,6 +83,15 @@ def cancel_view(status: JobStatus) -> discord.ui.View | None:
     return view
 
 
+async def defer_with_ack(interaction: discord.Interaction) -> int:
+    """Defer ("thinking…") and return the id of the message that shows it: the acknowledgement that
+    becomes the round. Discord's callback response names it; ask for it only when it does not."""
+    response = await interaction.response.defer(thinking=True)
+    if response is not None and response.message_id is not None:
+        return response.message_id
+    return (await interaction.original_response()).id
+
+
 def is_nsfw(channel: object) -> bool:
     """Whether Discord marks the channel NSFW (threads follow their parent; DMs are not)."""
     check = getattr(channel, "is_nsfw", None)

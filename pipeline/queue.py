@@ -55,6 +55,7 @@ class LocalQueue:
         self.cooldown_s = cooldown_s
         self._clock = clock
         self._waiting: collections.OrderedDict[int, collections.deque[Job]] = collections.OrderedDict()
+        self._positions: dict[str, int] | None = None  # job id → place in line; None after any change
         self._jobs: dict[str, Job] = {}
         self._running: list[Job] = []  # one job, or a batch of compatible ones
         self._last_submit: dict[int, float] = {}
@@ -113,6 +114,7 @@ class LocalQueue:
     def _enqueue(self, job: Job) -> None:
         self._jobs[job.job_id] = job
         self._waiting.setdefault(job.user_id, collections.deque()).append(job)
+        self._positions = None
         self._wakeup.set()
 
     def cancel(self, job_id: str) -> bool:
@@ -123,6 +125,7 @@ class LocalQueue:
         job._cancel.set()
         if job.state is JobState.QUEUED:
             self._waiting[job.user_id].remove(job)
+            self._positions = None
             self._finish(job, JobState.CANCELLED, error=GenerationCancelled("cancelled while waiting"))
         return True
 
@@ -132,10 +135,11 @@ class LocalQueue:
         return [job for batch in itertools.zip_longest(*queues) for job in batch if job is not None]
 
     def position(self, job: Job) -> int:
-        try:
-            return self.order().index(job) + 1
-        except ValueError:
-            return 0
+        """1 = next to run, 0 = not waiting. Every waiting job's status is read each progress interval,
+        so the order is computed once per change of the line, not once per job."""
+        if self._positions is None:
+            self._positions = {waiting.job_id: k for k, waiting in enumerate(self.order(), 1)}
+        return self._positions.get(job.job_id, 0)
 
     def status(self, job: Job) -> JobStatus:
         position = self.position(job)
@@ -179,6 +183,7 @@ class LocalQueue:
         return job
 
     def _next(self) -> Job | None:
+        self._positions = None
         for user_id, jobs in list(self._waiting.items()):
             if not jobs:
                 del self._waiting[user_id]
@@ -248,6 +253,7 @@ class LocalQueue:
                 break
             if batch_key(job.request) == key:
                 self._waiting[job.user_id].remove(job)
+                self._positions = None
                 if not self._waiting[job.user_id]:
                     del self._waiting[job.user_id]
                 taken.append(job)
