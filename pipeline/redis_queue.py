@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 import redis
 import redis.asyncio as aioredis
 
+from pipeline import redis_scripts
 from pipeline.jobs import (
     Job,
     JobListing,
@@ -66,103 +67,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 GROUP = "workers"
 FINISHED = {JobState.DONE.value, JobState.FAILED.value, JobState.CANCELLED.value}
-
-# Lua shared by the scripts here and in redis_worker. P is the prefix; keys are built from it inside
-# the scripts because the users and jobs a script touches are only known once it runs.
-FAIR_ORDER_LUA = """
-local function fair_order(P, limit)
-  local lists = {}
-  for i, user in ipairs(redis.call('LRANGE', P..':ring', 0, -1)) do
-    lists[i] = redis.call('LRANGE', P..':q:'..user, 0, limit - 1)
-  end
-  local out, round = {}, 1
-  while #out < limit do
-    local any = false
-    for i = 1, #lists do
-      local job = lists[i][round]
-      if job and #out < limit then out[#out + 1] = job; any = true end
-    end
-    if not any then break end
-    round = round + 1
-  end
-  return out
-end
-"""
-
-FINISH_LUA = """
-local function finish(P, job, state, outcome, ttl, now, duration)
-  local jk = P..':job:'..job
-  if not redis.call('SET', P..':result:'..job, outcome, 'NX', 'EX', ttl) then return 0 end
-  local user = redis.call('HGET', jk, 'user_id')
-  if user then redis.call('SREM', P..':user:'..user, job) end
-  redis.call('HSET', jk, 'state', state, 'finished_at', now)
-  redis.call('HINCRBY', jk, 'writes', 1)
-  redis.call('EXPIRE', jk, ttl)
-  redis.call('ZREM', P..':running', job)
-  if duration ~= '' then
-    redis.call('LPUSH', P..':durations', duration)
-    redis.call('LTRIM', P..':durations', 0, 19)
-  end
-  redis.call('PUBLISH', P..':events', cjson.encode({job = job, state = state, t = tonumber(now)}))
-  return 1
-end
-"""
-
-# ARGV: P, job, user, max_per_user, max_depth, cooldown_ms, request, meta, now, bkey, prompt.
-# Limits are checked in LocalQueue's order; the reply is {"ok", position} or {limit name, value}.
-_SUBMIT = """
-local P, job, user = ARGV[1], ARGV[2], ARGV[3]
-local mine = redis.call('SCARD', P..':user:'..user)
-if mine >= tonumber(ARGV[4]) then return {'per_user', mine} end
-local waiting = redis.call('SCARD', P..':waiting')
-if waiting >= tonumber(ARGV[5]) then return {'depth', waiting} end
-local cooldown = tonumber(ARGV[6])
-if cooldown > 0 then
-  local left = redis.call('PTTL', P..':cool:'..user)
-  if left > 0 then return {'cooldown', left} end
-  redis.call('SET', P..':cool:'..user, '1', 'PX', cooldown)
-end
-redis.call('HSET', P..':job:'..job, 'job_id', job, 'user_id', user, 'request', ARGV[7], 'meta', ARGV[8],
-           'submitted_at', ARGV[9], 'bkey', ARGV[10], 'state', 'queued', 'step', 0, 'total', 0, 'attempts', 0,
-           'prompt', ARGV[11])
-local mine_waiting = redis.call('RPUSH', P..':q:'..user, job)
-if mine_waiting == 1 then redis.call('RPUSH', P..':ring', user) end
-redis.call('SADD', P..':waiting', job)
-redis.call('SADD', P..':user:'..user, job)
-redis.call('ZADD', P..':open', ARGV[9], job)
-redis.call('RPUSH', P..':wake', job)
-redis.call('LTRIM', P..':wake', -64, -1)
--- Round-robin position of the user's k-th waiting job: up to k jobs of each user at or before it in
--- the ring, up to k-1 of each user after it.
-local position, before = 0, true
-for _, other in ipairs(redis.call('LRANGE', P..':ring', 0, -1)) do
-  local n = redis.call('LLEN', P..':q:'..other)
-  position = position + math.min(n, before and mine_waiting or mine_waiting - 1)
-  if other == user then before = false end
-end
-return {'ok', position}
-"""
-
-# ARGV: P, job, outcome, ttl, now. 2 = removed while waiting, 1 = flagged for its worker, 0 = already over.
-_CANCEL = FINISH_LUA + """
-local P, job = ARGV[1], ARGV[2]
-local jk = P..':job:'..job
-local state = redis.call('HGET', jk, 'state')
-if not state or state == 'done' or state == 'failed' or state == 'cancelled' then return 0 end
-redis.call('HSET', jk, 'cancel', '1')
-if state == 'queued' then
-  local user = redis.call('HGET', jk, 'user_id')
-  redis.call('LREM', P..':q:'..user, 1, job)
-  if redis.call('LLEN', P..':q:'..user) == 0 then redis.call('LREM', P..':ring', 1, user) end
-  redis.call('SREM', P..':waiting', job)
-  finish(P, job, 'cancelled', ARGV[3], ARGV[4], ARGV[5], '')
-  return 2
-end
-return 1
-"""
-
-_ORDER = FAIR_ORDER_LUA + "return fair_order(ARGV[1], tonumber(ARGV[2]))"
-
 
 class RemoteGenerationError(RuntimeError):
     """A worker could not make the job's images; the message is the worker's error."""
@@ -201,9 +105,9 @@ class RedisQueue:
         # Synchronous client for submit/cancel (synchronous in JobQueue); async for everything else.
         self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
         self._aredis = aioredis.Redis.from_url(url, decode_responses=True)
-        self._submit = self._redis.register_script(_SUBMIT)
-        self._cancel = self._redis.register_script(_CANCEL)
-        self._order = self._aredis.register_script(_ORDER)
+        self._submit = self._redis.register_script(redis_scripts.SUBMIT)
+        self._cancel = self._redis.register_script(redis_scripts.CANCEL)
+        self._order = self._aredis.register_script(redis_scripts.ORDER)
         self._jobs: dict[str, Job] = {}
         self._positions: dict[str, int] = {}
         self._order_ids: list[str] = []

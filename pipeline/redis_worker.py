@@ -32,95 +32,13 @@ from typing import Any
 
 import redis
 
+from pipeline import redis_scripts
 from pipeline.generator import Generator
 from pipeline.jobs import JobState
-from pipeline.redis_queue import FAIR_ORDER_LUA, FINISH_LUA, GROUP
+from pipeline.redis_queue import GROUP
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, batch_key
 
 log = logging.getLogger(__name__)
-
-_RUNNING_LUA = """
-local function mark_running(P, job, consumer, now)
-  local jk = P..':job:'..job
-  redis.call('HSET', jk, 'state', 'running', 'worker', consumer, 'started_at', now, 'step', 0)
-  redis.call('ZADD', P..':running', now, job)
-  redis.call('PUBLISH', P..':events', cjson.encode({job = job, state = 'running', t = tonumber(now)}))
-end
-"""
-
-# ARGV: P, consumer, max_n, scan, now. Reply: flat {entry_id, job_id, request JSON, ...}.
-_TAKE = FAIR_ORDER_LUA + _RUNNING_LUA + """
-local P, consumer, max_n, now = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[5]
-local order = fair_order(P, tonumber(ARGV[4]))
-if #order == 0 then return {} end
-local bkey = redis.call('HGET', P..':job:'..order[1], 'bkey')
-local picked = {order[1]}
-if bkey and bkey ~= '' then
-  for i = 2, #order do
-    if #picked >= max_n then break end
-    if redis.call('HGET', P..':job:'..order[i], 'bkey') == bkey then picked[#picked + 1] = order[i] end
-  end
-end
-for _, job in ipairs(picked) do
-  local user = redis.call('HGET', P..':job:'..job, 'user_id')
-  redis.call('LREM', P..':q:'..user, 1, job)
-  -- Round-robin: a served user goes to the back of the ring, or leaves it with nothing waiting.
-  redis.call('LREM', P..':ring', 1, user)
-  if redis.call('LLEN', P..':q:'..user) > 0 then redis.call('RPUSH', P..':ring', user) end
-  redis.call('SREM', P..':waiting', job)
-  redis.call('HINCRBY', P..':job:'..job, 'attempts', 1)
-  mark_running(P, job, consumer, now)
-  redis.call('XADD', P..':jobs', '*', 'job', job)
-end
--- Deliver at once, in this script: the entries are in this worker's pending list before anyone
--- could see them, so XAUTOCLAIM finds them if this worker dies from here on.
-local out = {}
-local read = redis.call('XREADGROUP', 'GROUP', 'workers', consumer, 'STREAMS', P..':jobs', '>')
-if read then
-  for _, entry in ipairs(read[1][2]) do
-    local job = entry[2][2]
-    out[#out + 1] = entry[1]
-    out[#out + 1] = job
-    out[#out + 1] = redis.call('HGET', P..':job:'..job, 'request') or ''
-  end
-end
-return out
-"""
-
-# ARGV: P, entry, job, consumer, now, max_attempts. Reply: {verdict, request JSON}.
-_ADOPT = _RUNNING_LUA + """
-local P, entry, job = ARGV[1], ARGV[2], ARGV[3]
-local jk = P..':job:'..job
-if redis.call('EXISTS', P..':result:'..job) == 1 or redis.call('EXISTS', jk) == 0 then
-  redis.call('XACK', P..':jobs', 'workers', entry)
-  redis.call('XDEL', P..':jobs', entry)
-  return {'answered', ''}
-end
-if redis.call('HGET', jk, 'cancel') then return {'cancelled', ''} end
-if redis.call('HINCRBY', jk, 'attempts', 1) > tonumber(ARGV[6]) then return {'poison', ''} end
-mark_running(P, job, ARGV[4], ARGV[5])
-return {'run', redis.call('HGET', jk, 'request')}
-"""
-
-# ARGV: P, entry, job, state, outcome, ttl, now, duration. Store first, then acknowledge: one script.
-_FINISH = FINISH_LUA + """
-local written = finish(ARGV[1], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])
-redis.call('XACK', ARGV[1]..':jobs', 'workers', ARGV[2])
-redis.call('XDEL', ARGV[1]..':jobs', ARGV[2])
-return written
-"""
-
-# ARGV: P, consumer, now, entry ids. Re-claims only entries this worker still holds, so a worker that
-# was too slow and got taken over does not take the job back.
-_HEARTBEAT = """
-local P, consumer = ARGV[1], ARGV[2]
-redis.call('ZADD', P..':workers', ARGV[3], consumer)
-for i = 4, #ARGV do
-  local mine = redis.call('XPENDING', P..':jobs', 'workers', ARGV[i], ARGV[i], 1, consumer)
-  if #mine > 0 then redis.call('XCLAIM', P..':jobs', 'workers', consumer, 0, ARGV[i], 'JUSTID') end
-end
-"""
-
 
 @dataclass(frozen=True)
 class Taken:
@@ -151,10 +69,10 @@ class RedisWorker:
         self.max_attempts = max_attempts
         self.step_delay_s = step_delay_s
         self._redis = client
-        self._take = client.register_script(_TAKE)
-        self._adopt = client.register_script(_ADOPT)
-        self._finish_script = client.register_script(_FINISH)
-        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._take = client.register_script(redis_scripts.TAKE)
+        self._adopt = client.register_script(redis_scripts.ADOPT)
+        self._finish_script = client.register_script(redis_scripts.FINISH)
+        self._heartbeat = client.register_script(redis_scripts.HEARTBEAT)
         self._held: set[str] = set()
         self._held_lock = threading.Lock()
 
