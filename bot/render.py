@@ -17,6 +17,7 @@ def status_text(status: JobStatus, prompt: str, cancel_emoji: str | None = None)
     """The acknowledgement, edited as the job moves: position and ETA, then step progress."""
     head = f"🎨 **{_clip(prompt, 200)}**\n"
     hint = f" · react {cancel_emoji} to cancel" if cancel_emoji else ""
+    note = f"\n⏱️ {status.note}" if status.note else ""
     if status.state is JobState.QUEUED:
         eta = f" · about {status.eta_s:.0f} s" if status.eta_s is not None else ""
         return head + f"⏳ queued — position {status.position}{eta}{hint}"
@@ -24,8 +25,8 @@ def status_text(status: JobStatus, prompt: str, cancel_emoji: str | None = None)
         if status.total_steps:
             filled = round(10 * status.step / status.total_steps)
             bar = "▰" * filled + "▱" * (10 - filled)
-            return head + f"🖌️ generating… step {status.step}/{status.total_steps} {bar}{hint}"
-        return head + f"🖌️ generating…{hint}"
+            return head + f"🖌️ generating… step {status.step}/{status.total_steps} {bar}{hint}{note}"
+        return head + f"🖌️ generating…{hint}{note}"
     return head + f"{status.state.value}"
 
 

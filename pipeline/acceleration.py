@@ -133,6 +133,11 @@ class Speedups:
             del kwargs["prompt"], kwargs["negative_prompt"]
             kwargs.update(self.prompts.arguments(pipe, pairs, guidance))
 
+    def will_compile(self, pipe: Any, width: int, height: int, images: int, guided: bool) -> bool:
+        """Whether a run of this shape would be the first one for compiled code (and so pay for
+        compiling): the queue tells the user so before it starts."""
+        return self.active.compile and (id(pipe.unet), width, height, images, guided) not in self._compiled_shapes
+
     def note_run(self, pipe: Any, mode: str, width: int, height: int, images: int, guided: bool,
                  seconds: float) -> bool:
         """Log, and return True, when compiled code has just met this shape for the first time: that

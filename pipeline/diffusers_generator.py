@@ -307,6 +307,16 @@ class DiffusersGenerator:
                                    request.guidance > 1, time.perf_counter() - started)
             return images, pipe.num_timesteps
 
+    def first_run_compiles(self, requests: Sequence[GenerationRequest]) -> bool:
+        """Whether running `requests` (one call: one request, or a batch) will compile first, because
+        compiled code has not met that shape yet (see `Speedups.will_compile`)."""
+        first = requests[0]
+        pipe = self._pipes.get(first.mode)
+        if pipe is None:
+            return False
+        return self.speedups.will_compile(pipe, first.width, first.height, sum(r.count for r in requests),
+                                          first.guidance > 1)
+
     def warm_up(self) -> float | None:
         """Run the usual shape (`Speedups.warmup_requests`) twice, so that torch.compile, CUDA graphs
         and CUDA's own start-up happen now and not in a user's job. Sets `warmup_s` (first run,

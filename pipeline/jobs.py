@@ -24,6 +24,9 @@ class QueueLimitError(Exception):
         self.retry_after_s = retry_after_s
 
 
+COMPILING_NOTE = "first run of this size since start-up: compiling the model for it, so slower this once"
+
+
 class QueueClosed(Exception):
     """The job's queue closed before the job finished. `kept`: it lives on (Redis) and a restarted
     bot can resume it; otherwise it is gone with the process."""
@@ -72,6 +75,7 @@ class Job:
     step: int = 0
     total_steps: int = 0
     started_at: float | None = None
+    note: str = ""  # said to the user while it runs, e.g. that this run compiles first
     meta: dict[str, Any] = field(default_factory=dict)  # opaque to the queue: who to answer, and where
     _cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -90,6 +94,7 @@ class JobStatus:
     step: int
     total_steps: int
     job_id: str = ""  # lets the acknowledgement carry a Cancel button for this job
+    note: str = ""  # e.g. "first run at this size: compiling"
 
 
 @dataclass(frozen=True)

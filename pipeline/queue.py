@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from pipeline.generator import Generator
 from pipeline.job_store import JobStore
 from pipeline.jobs import (
+    COMPILING_NOTE,
     Job,
     JobListing,
     JobState,
@@ -144,7 +145,7 @@ class LocalQueue:
     def status(self, job: Job) -> JobStatus:
         position = self.position(job)
         eta = self.eta_s(position) if job.state is JobState.QUEUED else None
-        return JobStatus(job.state, position, eta, job.step, job.total_steps, job.job_id)
+        return JobStatus(job.state, position, eta, job.step, job.total_steps, job.job_id, job.note)
 
     def eta_s(self, position: int) -> float | None:
         """Seconds until a job at `position` starts, from recently measured job durations."""
@@ -206,9 +207,11 @@ class LocalQueue:
                 continue
             batch = [job, *self._compatible_with(job)]
             self._running = batch
+            note = COMPILING_NOTE if self._compiles([member.request for member in batch]) else ""
             for member in batch:
                 member.state = JobState.RUNNING
                 member.started_at = self._clock()
+                member.note = note
 
             def progress(step: int, total: int, batch: list[Job] = batch) -> None:
                 # A batch stops only when every job in it was cancelled; the others carry it on.
@@ -235,6 +238,10 @@ class LocalQueue:
                         self._finish(member, JobState.DONE, result=result)
             finally:
                 self._running = []
+
+    def _compiles(self, requests: list[GenerationRequest]) -> bool:
+        check = getattr(self.generator, "first_run_compiles", None)  # generators that compile have it
+        return bool(check(requests)) if callable(check) else False
 
     def _generate(self, batch: list[Job], progress: ProgressCallback) -> list[GenerationResult]:
         if len(batch) == 1:

@@ -203,7 +203,7 @@ class RedisQueue:
     def status(self, job: Job) -> JobStatus:
         position = self._positions.get(job.job_id, 0) if job.state is JobState.QUEUED else 0
         eta = self.eta_s(position) if position else None
-        return JobStatus(job.state, position, eta, job.step, job.total_steps, job.job_id)
+        return JobStatus(job.state, position, eta, job.step, job.total_steps, job.job_id, job.note)
 
     def eta_s(self, position: int) -> float | None:
         return estimate_eta(position, self._per_job_s, self._workers, self._running_elapsed)
@@ -297,6 +297,7 @@ class RedisQueue:
         if state == JobState.RUNNING.value:
             self._mark_running(job, event.get("t"))
             job.step, job.total_steps = int(event.get("step", job.step)), int(event.get("total", job.total_steps))
+            job.note = event.get("note", job.note)
         elif state in FINISHED:
             self._spawn(self._collect(job.job_id), f"refinery-collect-{job.job_id}")
 
@@ -321,19 +322,19 @@ class RedisQueue:
         now = time.time()
         pipe = self._aredis.pipeline(transaction=False)
         for job in open_jobs:
-            pipe.hmget(self.key("job", job.job_id), "state", "step", "total", "started_at")
+            pipe.hmget(self.key("job", job.job_id), "state", "step", "total", "started_at", "note")
         pipe.lrange(self.key("durations"), 0, -1)
         pipe.zcount(self.key("workers"), now - 30, "+inf")  # heartbeat within 30 s = alive
         pipe.zrange(self.key("running"), 0, -1, withscores=True)
         *states, durations, workers, running = await pipe.execute()
-        for job, (state, step, total, started) in zip(open_jobs, states, strict=True):
+        for job, (state, step, total, started, note) in zip(open_jobs, states, strict=True):
             if state is None:
                 self._settle(job, JobState.FAILED, error=RemoteGenerationError(f"{job.job_id} vanished from Redis"))
             elif state in FINISHED:
                 await self._collect(job.job_id)
             elif state == JobState.RUNNING.value:
                 self._mark_running(job, started)
-                job.step, job.total_steps = int(step or 0), int(total or 0)
+                job.step, job.total_steps, job.note = int(step or 0), int(total or 0), note or ""
         self._per_job_s = sum(map(float, durations)) / len(durations) if durations else None
         self._workers = max(1, int(workers))
         self._running_elapsed = [max(0.0, now - started) for _, started in running]

@@ -34,7 +34,7 @@ import redis
 
 from pipeline import redis_scripts
 from pipeline.generator import Generator
-from pipeline.jobs import JobState
+from pipeline.jobs import COMPILING_NOTE, JobState
 from pipeline.redis_queue import GROUP
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, batch_key
 
@@ -181,6 +181,7 @@ class RedisWorker:
 
     def _run(self, group: list[Taken]) -> None:
         cancelled: set[str] = set()
+        self._tell_if_compiling(group)
         started = time.perf_counter()
         try:
             if len(group) > 1:
@@ -211,6 +212,18 @@ class RedisWorker:
         finally:
             with self._held_lock:
                 self._held.difference_update(t.entry_id for t in group)
+
+    def _tell_if_compiling(self, group: list[Taken]) -> None:
+        """When this run compiles first (a shape the warm-up did not cover), say so to the bots."""
+        check = getattr(self.generator, "first_run_compiles", None)
+        if not callable(check) or not check([t.request for t in group]):
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for t in group:
+            pipe.hset(self.key("job", t.job_id), "note", COMPILING_NOTE)
+            pipe.publish(self.key("events"), json.dumps({"job": t.job_id, "state": "running", "note": COMPILING_NOTE,
+                                                         "t": t.started_at}))
+        pipe.execute()
 
     def _progress(self, group: list[Taken], cancelled: set[str]) -> Callable[[int, int], None]:
         job_keys = [self.key("job", t.job_id) for t in group]

@@ -180,17 +180,20 @@ def test_compile_wiring_and_warm_up(settings: GeneratorSettings, plain: Diffuser
         return [r.getMessage() for r in caplog.records
                 if r.levelno >= level and "torch.compile included" in r.getMessage()]
 
+    usual = request(seeds=(7, 8))
+    assert generator.first_run_compiles([usual]), "before the warm-up the usual shape would compile"
     assert generator.warm_up() == generator.warmup_s
     assert generator.warmup_s is not None and generator.warm_s is not None
     assert generator.warmup_s > 0 and generator.warm_s > 0
     assert len(compile_notices()) == 2  # the single request and the batch of 2 each compiled once, in the warm-up
     assert not compile_notices(logging.WARNING)  # expected there: information, not a warning
-    usual = request(seeds=(7, 8))
+    assert not generator.first_run_compiles([usual]) and generator.first_run_compiles([request(seeds=(9,))])
     assert_close(generator.generate(usual).images, plain.generate(usual).images)
     assert len(compile_notices()) == 2  # the warmed shape: no compile in the job
     generator.generate(request(seeds=(9,)))  # a new shape: compiles, and says so
     assert compile_notices(logging.WARNING) == compile_notices()[2:]
     assert len(compile_notices()) == 3 and "text2img run at 64x64, 1 image(s)" in compile_notices()[-1]
+    assert not generator.first_run_compiles([request(seeds=(9,))])
 
 
 def test_warm_up_does_nothing_on_cpu_without_compile(fast: DiffusersGenerator) -> None:

@@ -7,8 +7,9 @@ import threading
 
 import pytest
 
+from bot import render
 from pipeline.job_store import JobStore
-from pipeline.jobs import JobState, QueueLimitError
+from pipeline.jobs import COMPILING_NOTE, JobState, QueueLimitError
 from pipeline.queue import LocalQueue
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback
 
@@ -153,3 +154,41 @@ async def test_job_store_keeps_accepted_jobs_until_they_end(tmp_path) -> None:
     assert [r.seeds for r in results] == [(1, 2, 3, 4)] * 2 and generator.ran[-2:] == ["running", "waiting"]
     assert await again.pending_jobs() == [] and again.store is not None and again.store.pending() == []
     await again.close()
+
+
+async def test_a_run_that_compiles_first_says_so() -> None:
+    """When the generator will compile for a job's shape first, the running job's status carries a
+    note saying so (and the acknowledgement shows it); a shape already compiled carries none."""
+
+    class Compiling(RecordingGenerator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.compiled: set[int] = set()
+
+        def first_run_compiles(self, requests: list[GenerationRequest]) -> bool:
+            return requests[0].width not in self.compiled
+
+        def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> GenerationResult:
+            result = super().generate(request, progress)
+            self.compiled.add(request.width)
+            return result
+
+    generator = Compiling()
+    generator.gate.clear()
+    queue = LocalQueue(generator)
+    await queue.start()
+    first = queue.submit(request("new size"), user_id=1)
+    while first.state is not JobState.RUNNING:
+        await asyncio.sleep(0.01)
+    status = queue.status(first)
+    assert status.note == COMPILING_NOTE and COMPILING_NOTE in render.status_text(status, "new size")
+    generator.gate.set()
+    await first.future
+    generator.gate.clear()
+    again = queue.submit(request("same size"), user_id=1)
+    while again.state is not JobState.RUNNING:
+        await asyncio.sleep(0.01)
+    assert queue.status(again).note == ""
+    generator.gate.set()
+    await again.future
+    await queue.close()

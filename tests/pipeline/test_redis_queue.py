@@ -23,7 +23,7 @@ import redis
 from PIL import Image
 
 from pipeline.diffusers_generator import DiffusersGenerator
-from pipeline.jobs import JobQueue, JobState, QueueClosed, QueueLimitError
+from pipeline.jobs import COMPILING_NOTE, JobQueue, JobState, QueueClosed, QueueLimitError
 from pipeline.queue import LocalQueue
 from pipeline.redis_queue import RedisQueue, estimate_eta
 from pipeline.redis_worker import RedisWorker
@@ -398,3 +398,21 @@ async def test_listing_shows_every_bots_jobs_in_fair_order(queues: Any, worker: 
         ("alice 0", JobState.RUNNING, 0), ("bob 0", JobState.QUEUED, 1)]
     generator.release.set()
     await running
+
+
+async def test_a_worker_that_compiles_first_tells_the_submitter(queues: Any, worker: Any) -> None:
+    """A worker whose generator compiles before this job's run says so; the bot's status shows the note."""
+
+    class Compiling(RecordingGenerator):
+        def first_run_compiles(self, requests: list[GenerationRequest]) -> bool:
+            return True
+
+    queue = await queues()
+    generator = Compiling(hold_at=1)
+    job = queue.submit(request("new size"), user_id=1)
+    running = asyncio.create_task(asyncio.to_thread(worker(generator).run_once))
+    await until(generator.held.is_set)
+    await until(lambda: queue.status(job).note == COMPILING_NOTE)
+    generator.release.set()
+    await running
+    await asyncio.wait_for(job.future, 5)
