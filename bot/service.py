@@ -218,9 +218,14 @@ class RefineryService:
             jobs = [job for job in jobs if job.user_id == user_id]
         elif jobs[0].user_id != user_id and not may_cancel_others:
             raise NotAllowed("Only the person who asked, or a moderator, can cancel that job.")
-        cancelled = [job.job_id for job in jobs if self.queue.cancel(job.job_id)]
-        log.info("user %s cancelled %s", user_id, cancelled or "nothing")
-        return cancelled
+        cancelled = [job for job in jobs if self.queue.cancel(job.job_id)]
+        for job in cancelled:
+            if job.user_id != user_id:  # a moderator stopping someone's job: on the record, in /modlog
+                await self.journal.append(ModerationAction(
+                    event_id=new_id(), action="cancel", moderator_id=user_id, round_id=None,
+                    target_user_id=job.user_id, reason=f"{job.job_id}: {job.prompt[:100]}"))
+        log.info("user %s cancelled %s", user_id, [job.job_id for job in cancelled] or "nothing")
+        return [job.job_id for job in cancelled]
 
     async def cancel_by_reaction(self, member: Member, message_id: int, emoji: str) -> list[str]:
         """`queue.cancel_emoji` on an acknowledgement cancels its job, for its requester or a moderator;
