@@ -145,6 +145,10 @@ class RefineryService:
         record = ticket.round_record(round_id, request, result, paths, mask_path=mask_path,
                                      queued_s=max(0.0, started - job.submitted_at))
         await self.journal.append(record)
+        try:
+            await self.queue.forget(job.job_id)  # the round is durable: the queue need not keep the job
+        except Exception:  # it would be answered again after a restart; a duplicate, never a loss
+            log.exception("could not mark %s answered in the queue", job.job_id)
         log.info("round %s done for user %s (%s, %.2fs)", round_id, origin.user_id, job.job_id,
                  result.elapsed_s)
         flagged = await self.moderation.image_policy(record, result.nsfw, origin.nsfw_channel)

@@ -149,6 +149,11 @@ class JobQueue(Protocol):
         """Every process's running and waiting jobs, running first, then in the order they will run."""
         ...
 
+    async def forget(self, job_id: str) -> None:
+        """A done job's answer is now durable elsewhere (its round is journaled): stop keeping it for a
+        restart. Until then a durable queue hands a done job back after a crash, so none is lost."""
+        ...
+
     async def pending_jobs(self) -> list[PendingJob]:
         """Jobs an earlier run submitted and nobody answered; empty for a queue that dies with us."""
         ...

@@ -167,6 +167,10 @@ class LocalQueue:
         return [JobListing(job.job_id, job.user_id, job.request.prompt, self.status(job), now - job.submitted_at)
                 for job in self.jobs()]
 
+    async def forget(self, job_id: str) -> None:
+        if self.store is not None:
+            self.store.remove(job_id)
+
     async def pending_jobs(self) -> list[PendingJob]:
         """Jobs an earlier run accepted and never ended (empty without a store)."""
         return [PendingJob(job.job_id, job.user_id, job.request, job.meta, JobState.QUEUED, job.submitted_at)
@@ -235,7 +239,7 @@ class LocalQueue:
                     if member._cancel.is_set():
                         self._finish(member, JobState.CANCELLED, error=GenerationCancelled(member.job_id))
                     else:
-                        self._finish(member, JobState.DONE, result=result)
+                        self._finish(member, JobState.DONE, result=result, forget=False)  # see forget()
             finally:
                 self._running = []
 

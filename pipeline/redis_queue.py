@@ -241,6 +241,9 @@ class RedisQueue:
 
     # --- restarts -------------------------------------------------------------------------------
 
+    async def forget(self, job_id: str) -> None:
+        await self._aredis.zrem(self.key("open"), job_id)
+
     async def pending_jobs(self) -> list[PendingJob]:
         """Jobs no bot has collected the answer of (waiting, running, or finished while no bot was
         listening), oldest first. A restarted bot re-attaches to them with resume()."""
@@ -343,7 +346,8 @@ class RedisQueue:
             self._positions = {job_id: index + 1 for index, job_id in enumerate(self._order_ids)}
 
     async def _collect(self, job_id: str) -> None:
-        """Resolve the job's future from its stored outcome (once), and mark the answer collected."""
+        """Resolve the job's future from its stored outcome (once); a failed or cancelled job is then
+        collected, a done one only when the bot says its round is journaled (`forget`)."""
         job = self._jobs.get(job_id)
         if job is None or job.future.done():
             return
@@ -355,7 +359,8 @@ class RedisQueue:
             state = JobState(outcome["state"])
             if state is JobState.DONE:
                 self._settle(job, state, result=GenerationResult.from_dict(outcome["result"]))
-            elif state is JobState.CANCELLED:
+                return  # stays open until the bot has journaled its round: forget()
+            if state is JobState.CANCELLED:
                 self._settle(job, state, error=GenerationCancelled(outcome.get("error", "cancelled")))
             else:
                 self._settle(job, state, error=RemoteGenerationError(outcome.get("error", "the worker failed")))

@@ -302,6 +302,9 @@ async def test_restarted_bot_resumes_its_jobs(queues: Any, worker: Any) -> None:
     assert resumed[0].future.done() and resumed[0].future.result().images == (b"png",) * 4
     await asyncio.to_thread(drain, serving)
     await asyncio.wait_for(resumed[1].future, 5)
+    assert len(await second.pending_jobs()) == 2, "done jobs stay open until their rounds are journaled"
+    for job in resumed:
+        await second.forget(job.job_id)
     assert await second.pending_jobs() == []
 
 
