@@ -236,6 +236,15 @@ class Moderation:
         flagged = await self.set_flag(member, found.round_id, flagged=True, reason=f"{emoji} reaction")
         return flagged.round_id
 
+    async def remove_by_reaction(self, member: Member, message_id: int, emoji: str) -> Round | None:
+        """The remove emoji by a moderator on a round's message removes it; anything else is ignored."""
+        if emoji != self.config.moderation.remove_emoji or not allowed(Action.REMOVE, member, self.config):
+            return None
+        if await self.journal.round_for_message(message_id) is None:
+            return None
+        found, _ = await self.remove(member, str(message_id), f"{emoji} reaction")
+        return found
+
     async def forget_me(self, user_id: int) -> None:
         """Anyone may opt out: every later export leaves out their rounds and votes, and their votes
         are no longer logged at all (their prompts still are: moderation needs them)."""

@@ -380,12 +380,7 @@ class RefineryService:
 
     async def remove_by_reaction(self, member: Member, message_id: int, emoji: str) -> Round | None:
         """A moderator's remove emoji on a round removes it; anything else is ignored (None)."""
-        if emoji != self.config.moderation.remove_emoji or not allowed(Action.REMOVE, member, self.config):
-            return None
-        if await self.journal.round_for_message(message_id) is None:
-            return None
-        found, _ = await self.moderation.remove(member, str(message_id), f"{emoji} reaction")
-        return found
+        return await self.moderation.remove_by_reaction(member, message_id, emoji)
 
     async def change_banned(self, member: Member, phrase: str, *, add: bool) -> bool:
         return await self.moderation.change_banned(member, phrase, add=add)
