@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -118,8 +119,9 @@ async def running_app(config: Config, secrets: Secrets, *, generator: Generator 
             queue = RedisQueue(config.queue.redis_url, prefix=config.queue.redis_prefix, **limits)
         else:
             # Accepted jobs are kept on disk until they end, so a crash loses none (pipeline/job_store.py).
-            queue = LocalQueue(generator, batch_size=config.queue.batch_size, store=JobStore(config.jobs_path),
-                               **limits)
+            store = JobStore(config.jobs_path)
+            stack.callback(store.close)  # after the queue and the bot: answers being posted forget their jobs
+            queue = LocalQueue(generator, batch_size=config.queue.batch_size, store=store, **limits)
         await queue.start()
         stack.push_async_callback(queue.close)
         load = getattr(generator, "load", None)
@@ -129,7 +131,9 @@ async def running_app(config: Config, secrets: Secrets, *, generator: Generator 
             warm_up = getattr(generator, "warm_up", None)
             if callable(warm_up):  # compiles now, on the worker thread, before any user's job
                 await queue.run_in_worker(warm_up)
-        service = RefineryService(config, journal, queue, ImageStore(config.data_dir),
+        # One installation = one data folder on one host: what a restarted bot is, for its queued jobs.
+        owner = f"{socket.gethostname()}:{config.data_dir.resolve()}"
+        service = RefineryService(config, journal, queue, ImageStore(config.data_dir), owner=owner,
                                   masker=_masker(generator, config),
                                   has_instruct_model=bool(config.model.instruct_model),
                                   export_key=secrets.export_key or None)

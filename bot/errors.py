@@ -63,8 +63,8 @@ class JobCancelled(RefineryError):
 
 
 class Interrupted(RefineryError):
-    """The bot shut down before the job finished. A durable (Redis) queue keeps the job and the bot
-    answers it when it is back; the in-process queue loses it, so the user is asked to send it again."""
+    """The bot shut down before the job finished (or while it was being submitted). A queue that keeps
+    jobs (the job store, Redis) answers it when the bot is back; otherwise the user is asked to resend."""
 
 
 def user_message(error: BaseException) -> str:

@@ -23,6 +23,7 @@ from bot.errors import (
     LimitReached,
     NotAllowed,
     NotARound,
+    Refused,
     user_message,
 )
 from bot.moderation import ExportSummary, Moderation
@@ -60,6 +61,7 @@ class FinishedRound:
     round: Round
     images: tuple[bytes, ...]
     spoiler: bool = False  # an NSFW prompt outside an NSFW channel, under nsfw_action = "spoiler"
+    job_id: str = ""  # the queue keeps the job until the round is posted (round_posted)
 
 
 @dataclass(frozen=True)
@@ -72,14 +74,15 @@ class VoteOutcome:
 class RefineryService:
     def __init__(self, config: Config, journal: AsyncJournal, queue: JobQueue, images: ImageStore,
                  *, masker: Masker | None = None, has_instruct_model: bool = False,
-                 clock: Callable[[], float] = time.monotonic, export_key: str | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, export_key: str | None = None,
+                 owner: str = "") -> None:
         self.config = config
+        self.owner = owner  # stamped on tickets: a restart resumes only this installation's jobs
         self.masker = masker
         self.has_instruct_model = has_instruct_model
         self.journal = journal
         self.queue = queue
         self.images = images
-        self._clock = clock
         # export_key: None reads REFINERY_EXPORT_KEY when an export runs (the demo and tests pass one)
         self.moderation = Moderation(config, journal, export_key=export_key)
         self.rate_limit = EventRateLimit(config.moderation.events_per_minute, clock)
@@ -120,11 +123,13 @@ class RefineryService:
         if refinement is not None:
             lineage = {"parent_round_id": refinement.parent.round_id, "parent_candidate": refinement.candidate,
                        "instruction": refinement.plan.instruction, "plan": refinement.plan_json}
-        ticket = Ticket(origin, ack_message_id, note, spoiler, lineage)
+        ticket = Ticket(origin, ack_message_id, self.owner, note, spoiler, lineage)
         try:
             job = self.queue.submit(request, user_id=origin.user_id, meta=ticket.to_dict())
         except QueueLimitError as exc:
             raise LimitReached(str(exc), exc.retry_after_s) from None
+        except QueueClosed:
+            raise Interrupted("I am restarting and could not take this; please send it again in a minute.") from None
         return await self.complete(job, ticket, show)
 
     async def complete(self, job: Job, ticket: Ticket, show: StatusSink) -> FinishedRound:
@@ -145,14 +150,20 @@ class RefineryService:
         record = ticket.round_record(round_id, request, result, paths, mask_path=mask_path,
                                      queued_s=max(0.0, started - job.submitted_at))
         await self.journal.append(record)
-        try:
-            await self.queue.forget(job.job_id)  # the round is durable: the queue need not keep the job
-        except Exception:  # it would be answered again after a restart; a duplicate, never a loss
-            log.exception("could not mark %s answered in the queue", job.job_id)
         log.info("round %s done for user %s (%s, %.2fs)", round_id, origin.user_id, job.job_id,
                  result.elapsed_s)
-        flagged = await self.moderation.image_policy(record, result.nsfw, origin.nsfw_channel)
-        return FinishedRound(record, result.images, ticket.spoiler or flagged)
+        try:
+            flagged = await self.moderation.image_policy(record, result.nsfw, origin.nsfw_channel)
+        except Refused:
+            await self._forget(job.job_id)  # withheld for good: nothing is left to answer
+            raise
+        return FinishedRound(record, result.images, ticket.spoiler or flagged, job.job_id)
+
+    async def _forget(self, job_id: str) -> None:
+        try:
+            await self.queue.forget(job_id)
+        except Exception:  # it would be answered again after a restart: a duplicate, never a loss
+            log.exception("could not mark %s answered in the queue", job_id)
 
     async def pending_answers(self) -> list[tuple[Job, Ticket]]:
         """Start-up: jobs an earlier run of the bot acknowledged but never answered (they waited or ran
@@ -164,6 +175,8 @@ class RefineryService:
             except (KeyError, TypeError, ValueError):
                 log.warning("pending job %s carries no ticket; left alone", pending.job_id)
                 continue
+            if ticket.owner != self.owner:
+                continue  # another bot sharing this queue answers it
             try:
                 job = await self.queue.resume(pending.job_id)
             except KeyError:
@@ -193,17 +206,20 @@ class RefineryService:
                 if exc.kept:
                     raise Interrupted("I am restarting. Your job stays in the queue; I will post the "
                                       "images here when I am back.") from None
-                raise Interrupted("I had to shut down before your job ran, and it was lost; please send "
-                                  "it again in a minute.") from None
+                raise Interrupted("I had to shut down before your job ran; please send it again in a "
+                                  "minute.") from None
             except Exception as exc:
                 raise GenerationFailed(f"Generation failed ({job.job_id}); the error was logged. "
                                        "Please try again.") from exc
 
     async def round_posted(self, round_id: str, message_id: int, channel_id: int,
-                           guild_id: int | None) -> None:
-        """Remember which message shows a round, so votes, replies and buttons find it later."""
+                           guild_id: int | None, job_id: str = "") -> None:
+        """Remember which message shows a round, so votes, replies and buttons find it later; the
+        job is answered now, so its queue stops keeping it (until now a crash re-answers it)."""
         await self.journal.append(RoundPosted(round_id=round_id, message_id=message_id,
                                               channel_id=channel_id, guild_id=guild_id))
+        if job_id:
+            await self._forget(job_id)
 
     # --- the queue -----------------------------------------------------------------------------
 

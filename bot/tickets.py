@@ -28,6 +28,7 @@ class Ticket:
 
     origin: Origin
     ack_message_id: int  # the acknowledgement in origin.channel_id that becomes the round; 0 = none
+    owner: str = ""  # the bot installation that answers it (several bots may share one Redis queue)
     note: str | None = None  # shown above a refinement's round ("🔧 ...")
     spoiler: bool = False  # decided at submission by the NSFW prompt list
     # For a refinement: parent_round_id, parent_candidate, instruction, plan (the Round's lineage fields).
@@ -40,7 +41,8 @@ class Ticket:
     def from_dict(cls, data: dict[str, Any]) -> Ticket:
         """Raises KeyError/TypeError/ValueError on a dict that is not a ticket (e.g. another tool's meta)."""
         origin = Origin(**data["origin"])
-        return cls(origin=origin, ack_message_id=int(data["ack_message_id"]), note=data.get("note"),
+        return cls(origin=origin, ack_message_id=int(data["ack_message_id"]), owner=str(data.get("owner", "")),
+                   note=data.get("note"),
                    spoiler=bool(data.get("spoiler", False)), lineage=dict(data.get("lineage") or {}))
 
     def round_record(self, round_id: str, request: GenerationRequest, result: GenerationResult,

@@ -92,6 +92,8 @@ class Queue(commands.Cog):
                 log.info("acknowledgement %s of a resumed job is gone (%s); posting anew", ticket.ack_message_id, exc)
                 mention[0] = f"<@{ticket.origin.user_id}> "
                 files = fields.pop("attachments", None) or []
+                for file in files:
+                    file.reset()  # the failed edit already read them to the end
                 fields["content"] = mention[0] + (fields.get("content") or "")
                 message = await channel.send(**fields, files=files)
             target[0] = message

@@ -15,7 +15,6 @@ import discord
 
 from bot import render
 from bot.client import RefineryBot
-from bot.errors import RefineryError
 from bot.service import FinishedRound, StatusSink
 from bot.tickets import Origin
 from pipeline.jobs import JobState, JobStatus
@@ -130,15 +129,19 @@ async def _run_and_post(bot: RefineryBot, origin: Origin, prompt: str, make_roun
 
     try:
         finished = await make_round(show)
-    except RefineryError as exc:
+    except Exception as exc:  # expected (RefineryError) or not, the acknowledgement must not stay "queued"
         text = await bot.service.report_error(exc, user_id=origin.user_id, channel_id=origin.channel_id)
-        await edit(content=text, view=None)
-        return None
+        try:
+            await edit(content=text, view=None)
+        except discord.HTTPException:
+            log.warning("could not show user %s what became of their job", origin.user_id)
+        return None  # report_error logged an unexpected error in full
     record = finished.round
     message = await edit(content=render.round_text(record, bot.config, note),
                          attachments=render.round_files(record, finished.images, spoiler=finished.spoiler),
                          view=round_view(record))
-    await bot.service.round_posted(record.round_id, message.id, record.channel_id, record.guild_id)
+    await bot.service.round_posted(record.round_id, message.id, record.channel_id, record.guild_id,
+                                   finished.job_id)
     if bot.config.votes.seed_reactions:
         for emoji in bot.config.votes.emoji[: len(record.seeds)]:
             await message.add_reaction(emoji)

@@ -28,8 +28,8 @@ COMPILING_NOTE = "first run of this size since start-up: compiling the model for
 
 
 class QueueClosed(Exception):
-    """The job's queue closed before the job finished. `kept`: it lives on (Redis) and a restarted
-    bot can resume it; otherwise it is gone with the process."""
+    """The job's queue closed before the job finished (or before it was accepted). `kept`: it lives
+    on (the job store, Redis) and a restarted bot resumes it; otherwise it is gone with the process."""
 
     def __init__(self, kept: bool) -> None:
         super().__init__("the queue closed; the job " + ("stays queued" if kept else "was dropped"))

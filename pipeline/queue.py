@@ -67,12 +67,18 @@ class LocalQueue:
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refinery-gpu")
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._work(), name="refinery-queue-worker")
         self._task.add_done_callback(_log_crash)
 
     async def close(self) -> None:
+        """Stop taking jobs; the open ones end with QueueClosed (kept in the store, if there is one,
+        which its owner closes after this: answers still being posted may forget their jobs)."""
+        if self._closed:
+            return
+        self._closed = True
         for job in self._running:
             job._cancel.set()  # stop the GPU at its next step instead of finishing work nobody collects
         if self._task is not None:
@@ -84,14 +90,14 @@ class LocalQueue:
             self._finish(job, JobState.CANCELLED, error=QueueClosed(kept=kept), forget=not kept)
         # Waits for the step in progress to end, off the loop: the bot is still telling users goodbye.
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
-        if self.store is not None:
-            self.store.close()
 
     async def run_in_worker(self, fn: Callable[[], T]) -> T:
         """Run blocking work (e.g. loading the model) on the GPU worker thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
+        if self._closed:
+            raise QueueClosed(kept=False)  # shutting down: nothing new is accepted
         now = self._clock()
         limits = {"max_per_user": self.max_per_user, "cooldown_s": self.cooldown_s}
         mine = sum(1 for job in self._jobs.values() if job.user_id == user_id)

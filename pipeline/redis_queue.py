@@ -160,6 +160,8 @@ class RedisQueue:
 
     def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
         """Queue a request for any worker; `meta` (JSON) is kept with the job for pending_jobs()."""
+        if self._closed:
+            raise QueueClosed(kept=False)  # shutting down: nothing new is accepted
         loop = asyncio.get_running_loop()
         job_id = f"job-{uuid.uuid4().hex[:16]}"
         try:
@@ -262,6 +264,8 @@ class RedisQueue:
 
     async def resume(self, job_id: str) -> Job:
         """Follow a job submitted by an earlier run of the bot; its future resolves like a new one's."""
+        if job_id in self._jobs:
+            return self._jobs[job_id]  # already followed: one Job, one future
         user_id, request, state, submitted, meta = await self._aredis.hmget(
             self.key("job", job_id), "user_id", "request", "state", "submitted_at", "meta")
         if request is None:

@@ -181,9 +181,9 @@ class RedisWorker:
 
     def _run(self, group: list[Taken]) -> None:
         cancelled: set[str] = set()
-        self._tell_if_compiling(group)
         started = time.perf_counter()
         try:
+            self._tell_if_compiling(group)  # inside: a Redis error must still release the held entries
             if len(group) > 1:
                 results = self.generator.generate_batch(  # type: ignore[attr-defined]
                     [t.request for t in group], self._progress(group, cancelled))

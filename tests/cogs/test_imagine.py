@@ -117,3 +117,19 @@ async def test_bad_message_option_gets_a_reply(world: World, start_bot) -> None:
             lambda m: m.get("message_reference", {}).get("message_id") == sent["id"], timeout=20)
         assert "Unknown option `colour=`" in reply["content"]
         assert reply["attachments"] == []
+
+
+async def test_an_unexpected_failure_still_answers_the_acknowledgement(world: World, start_bot) -> None:
+    """A failure that is no domain error (here: the image folder cannot be written) turns the
+    acknowledgement into a short apology instead of leaving it at "generating"; it is logged."""
+    async with start_bot() as app:
+        def disk_full(*_: Any) -> tuple[str, ...]:
+            raise OSError(28, "No space left on device")
+
+        app.service.images.save_round = disk_full  # type: ignore[method-assign]
+        interaction = await world.server.invoke_slash("imagine", {"prompt": "a kite"}, user_id=world.alice,
+                                                      channel_id=world.imagine)
+        await interaction.wait_for(lambda i: bool(i.original and "Something went wrong" in i.original["content"]),
+                                   timeout=30)
+        assert interaction.original["attachments"] == [] and not interaction.original.get("components")
+        assert (await app.journal.stats()).by_kind.get("errors") == 1

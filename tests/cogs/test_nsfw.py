@@ -71,6 +71,7 @@ async def test_safety_checker_refuse_withholds_and_removes_the_round(world: Worl
         assert "safety checker flagged these images" in answer["content"] and answer["attachments"] == []
         actions = await app.service.modlog(Member(world.alice, frozenset(), frozenset(), manage_guild=True))
         stats = await app.journal.stats()
+        assert app.queue.store is not None and app.queue.store.pending() == [], "withheld for good: not re-run"
     assert sorted(a.action for a in actions) == ["flag", "remove"]
     assert stats.by_kind.get("rounds") == 1, "the withheld round is kept for audit"
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+from PIL import Image
 
+from bot.tickets import Origin, Ticket
+from pipeline.redis_queue import RedisQueue
+from pipeline.requests import GenerationRequest
 from tests.conftest import TinyModels, World
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,8 +90,20 @@ async def test_jobs_queued_before_a_restart_are_answered_after_it(world: World, 
             and "position 2" in m["content"])
     assert "stays in the queue" in slash.original["content"], "the shutdown told the user what happens"
     await world.server.delete_message(world.imagine, int(bob_ack["id"]))
+    elsewhere = RedisQueue(REDIS_URL, prefix=prefix)  # another bot installation sharing the queue
+    await elsewhere.start()
+    theirs = elsewhere.submit(GenerationRequest(prompt="not ours", seeds=(1,), steps=2, guidance=1.0, width=64,
+                                                height=64), user_id=world.bob,
+                              meta=Ticket(Origin(world.bob, world.imagine, None, "slash"), 1, "elsewhere").to_dict())
+    await elsewhere.close()
 
     worker = start_worker(tiny_models, prefix, tmp_path)
+    client = redis.Redis.from_url(REDIS_URL)
+    # All three finish while no bot is listening: the first edit of each answer carries its images.
+    deadline = time.monotonic() + 90
+    while len(list(client.scan_iter(match=f"{prefix}:result:*"))) < 3:
+        assert time.monotonic() < deadline, "the worker did not finish the jobs"
+        await asyncio.sleep(0.2)
     try:
         async with start_bot(redis_queue) as app:
             await slash.wait_for(lambda i: bool(i.original and len(i.original["attachments"]) == 4), timeout=90)
@@ -101,7 +120,10 @@ async def test_jobs_queued_before_a_restart_are_answered_after_it(world: World, 
                                                 and anew["id"] in r.path)
             bob_round = await app.journal.round_for_message(int(anew["id"]))
             assert bob_round is not None and (bob_round.prompt, bob_round.requester_id) == ("a windmill", world.bob)
-            assert await app.queue.pending_jobs() == [], "both answers were collected"
+            for attachment in anew["attachments"]:  # the re-sent files are whole PNGs, not empty reads
+                assert Image.open(io.BytesIO(world.server.attachment_bytes(attachment["url"]))).size == (64, 64)
+            left = [p.job_id for p in await app.queue.pending_jobs()]
+            assert left == [theirs.job_id], "ours answered; the other installation's job left to it"
     finally:
         worker.terminate()
         worker.wait(timeout=30)

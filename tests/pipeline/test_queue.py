@@ -9,7 +9,7 @@ import pytest
 
 from bot import render
 from pipeline.job_store import JobStore
-from pipeline.jobs import COMPILING_NOTE, JobState, QueueLimitError
+from pipeline.jobs import COMPILING_NOTE, JobState, QueueClosed, QueueLimitError
 from pipeline.queue import LocalQueue
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback
 
@@ -196,3 +196,14 @@ async def test_a_run_that_compiles_first_says_so() -> None:
     generator.gate.set()
     await again.future
     await queue.close()
+
+
+async def test_a_closed_queue_takes_nothing_new() -> None:
+    """After close() (shutting down), submit refuses with QueueClosed rather than queueing a job that
+    no worker would ever run."""
+    queue = LocalQueue(RecordingGenerator())
+    await queue.start()
+    await queue.close()
+    with pytest.raises(QueueClosed) as closed:
+        queue.submit(request("late"), user_id=1)
+    assert not closed.value.kept
