@@ -160,6 +160,7 @@ class Moderation:
         self._words: WordFilter | None = None
         self._opted_out: set[int] | None = None
         self._nsfw = WordFilter(config.moderation.nsfw_words)
+        self._warned_unchecked = False
         self._replay_lock = asyncio.Lock()
 
     def require(self, action: Action, member: Member) -> None:
@@ -277,6 +278,11 @@ class Moderation:
         """After generation: candidates flagged by the image safety checker flag the round (left out of
         exports unless asked for). Outside NSFW channels the images go as spoilers (True), or, under
         `nsfw_action = "refuse"`, the round is removed (kept for audit) and Refused is raised."""
+        if not nsfw and self.config.moderation.safety_checker and not self._warned_unchecked:
+            # With Redis the checker runs on the workers: one started without it sends no flags.
+            self._warned_unchecked = True
+            log.warning("moderation.safety_checker is set but round %s came back unchecked: give the "
+                        "generating workers the same setting", record.round_id)
         flagged = [k for k, hit in enumerate(nsfw, 1) if hit]
         if not flagged:
             return False

@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     user_id INTEGER NOT NULL,
     request TEXT NOT NULL,
     meta TEXT NOT NULL,
-    submitted_at REAL NOT NULL
+    submitted_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0
 )
 """
 
@@ -38,6 +39,7 @@ class StoredJob:
     request: GenerationRequest
     meta: dict[str, Any]
     submitted_at: float  # wall clock (time.time())
+    attempts: int = 0  # runs started; a job that keeps taking the process down is given up
 
 
 class JobStore:
@@ -59,15 +61,21 @@ class JobStore:
             self._db.execute("INSERT OR REPLACE INTO jobs (job_id, user_id, request, meta, submitted_at) "
                              "VALUES (?, ?, ?, ?, ?)", row)
 
+    def started(self, job_id: str) -> None:
+        """Count a run of the job: after a crash, `attempts` tells a restart how often it was tried."""
+        with self._lock:
+            self._db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE job_id = ?", (job_id,))
+
     def remove(self, job_id: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     def pending(self) -> list[StoredJob]:
         with self._lock:
-            rows = self._db.execute("SELECT job_id, user_id, request, meta, submitted_at FROM jobs ORDER BY seq")
-            return [StoredJob(job_id, user_id, GenerationRequest.from_dict(json.loads(request)), json.loads(meta),
-                              submitted_at) for job_id, user_id, request, meta, submitted_at in rows.fetchall()]
+            rows = self._db.execute(
+                "SELECT job_id, user_id, request, meta, submitted_at, attempts FROM jobs ORDER BY seq").fetchall()
+        return [StoredJob(job_id, user_id, GenerationRequest.from_dict(json.loads(request)), json.loads(meta),
+                          submitted_at, attempts) for job_id, user_id, request, meta, submitted_at, attempts in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -38,6 +38,7 @@ from pipeline.requests import GenerationCancelled, GenerationRequest, Generation
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_ATTEMPTS = 3  # runs of a kept job that ended with the process before it is given up
 
 
 class LocalQueue:
@@ -189,6 +190,10 @@ class LocalQueue:
         age = max(0.0, time.time() - earlier.submitted_at)
         job = Job(job_id=job_id, user_id=earlier.user_id, request=earlier.request, submitted_at=self._clock() - age,
                   future=asyncio.get_running_loop().create_future(), meta=earlier.meta)
+        if earlier.attempts >= MAX_ATTEMPTS:  # it was running each time the process died: do not loop
+            log.error("%s was running when the bot stopped %d times; giving up on it", job_id, earlier.attempts)
+            self._finish(job, JobState.FAILED, error=RuntimeError(f"{job_id} was tried {earlier.attempts} times"))
+            return job
         self._enqueue(job)
         log.info("resumed %s for user %s (position %d)", job_id, job.user_id, self.position(job))
         return job
@@ -222,6 +227,8 @@ class LocalQueue:
                 member.state = JobState.RUNNING
                 member.started_at = self._clock()
                 member.note = note
+                if self.store is not None:
+                    self.store.started(member.job_id)
 
             def progress(step: int, total: int, batch: list[Job] = batch) -> None:
                 # A batch stops only when every job in it was cancelled; the others carry it on.

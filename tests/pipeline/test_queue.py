@@ -10,7 +10,7 @@ import pytest
 from bot import render
 from pipeline.job_store import JobStore
 from pipeline.jobs import COMPILING_NOTE, JobState, QueueClosed, QueueLimitError
-from pipeline.queue import LocalQueue
+from pipeline.queue import MAX_ATTEMPTS, LocalQueue
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback
 
 
@@ -207,3 +207,24 @@ async def test_a_closed_queue_takes_nothing_new() -> None:
     with pytest.raises(QueueClosed) as closed:
         queue.submit(request("late"), user_id=1)
     assert not closed.value.kept
+
+
+async def test_a_kept_job_that_keeps_ending_with_the_process_is_given_up(tmp_path) -> None:
+    """Each run of a kept job is counted; one that was running when the process ended MAX_ATTEMPTS
+    times (a crash it causes, say) fails on resume instead of crashing the bot forever."""
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    store.add("job-a", 1, request("poison"), {"ack": 1}, 0.0)
+    for _ in range(MAX_ATTEMPTS):
+        store.started("job-a")
+    store.add("job-b", 2, request("fine"), {"ack": 2}, 0.0)
+    store.started("job-b")
+    queue = LocalQueue(RecordingGenerator(), store=store)
+    await queue.start()
+    poison, fine = [await queue.resume(p.job_id) for p in await queue.pending_jobs()]
+    with pytest.raises(RuntimeError, match="tried 3 times"):
+        await poison.future
+    assert (await fine.future).seeds == (1, 2, 3, 4)
+    assert [job.job_id for job in store.pending()] == ["job-b"]  # kept until its round is posted
+    assert store.pending()[0].attempts == 2
+    await queue.close()
+    store.close()
