@@ -13,7 +13,9 @@ every pipeline sees the change:
 - torch.compile of the UNet and of the VAE decoder with `Module.compile()`, which compiles in place
   (a `torch.compile(unet)` wrapper would have to be put back into every pipeline, and would hide
   `unet.config` behind `_orig_mod`). Compiling is lazy: it happens at the first call of each shape,
-  which is why the generator has a warm-up run.
+  which is why the generator has a warm-up run. Static shapes (`dynamic=False`), no `fullgraph`, and
+  at most `recompile_limit` compiled shapes: past that, new shapes run eagerly, they never fail (see
+  `accelerate`).
 - the inductor caches on disk (`compile_cache_dir`), so a restart reuses the compiled kernels.
 
 Attention already goes through PyTorch's scaled-dot-product attention (diffusers' default processor
@@ -65,6 +67,9 @@ class Acceleration:
     warmup_batch: int = 1  # >1: also a call of this many requests, so batched calls are compiled too
     warmup_guidance: float = 7.5  # > 1 doubles the UNet batch (classifier-free guidance)
     warmup_steps: int = 3  # enough calls for CUDA graphs to be recorded (reduce-overhead)
+    # Compiled shapes kept per compiled function (the UNets share one, the VAE decoder has its own);
+    # a new shape past it runs eagerly (slower, never an error). torch's own default is 8.
+    recompile_limit: int = 64
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE:
@@ -77,7 +82,7 @@ class Acceleration:
             value = getattr(self, name)
             if value <= 0 or value % 8:
                 raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
-        for name in ("warmup_count", "warmup_batch", "warmup_steps"):
+        for name in ("warmup_count", "warmup_batch", "warmup_steps", "recompile_limit"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -134,25 +139,34 @@ class Speedups:
             kwargs.update(self.prompts.arguments(pipe, pairs, guidance))
 
     def will_compile(self, pipe: Any, width: int, height: int, images: int, guided: bool) -> bool:
-        """Whether a run of this shape would be the first one for compiled code (and so pay for
-        compiling): the queue tells the user so before it starts."""
-        return self.active.compile and (id(pipe.unet), width, height, images, guided) not in self._compiled_shapes
+        """Whether a run of this mode pipeline and shape will compile first (and so be slow): the
+        queue tells the user so before it starts.
+
+        The key is the mode pipeline, not its UNet: img2img shares the text2img UNet, but its
+        latents come out of the channels_last VAE encoder, and compiled code guards on strides as
+        well as sizes, so img2img at a warmed text2img size still compiles once. Compiling is static
+        (`dynamic=False`), so each new key compiles exactly once. Once `recompile_limit` keys have
+        compiled, new ones run eagerly: no compile then, and no note."""
+        return (self.active.compile and self._key(pipe, width, height, images, guided) not in self._compiled_shapes
+                and len(self._compiled_shapes) < self.settings.recompile_limit)
 
     def note_run(self, pipe: Any, mode: str, width: int, height: int, images: int, guided: bool,
                  seconds: float) -> bool:
-        """Log, and return True, when compiled code has just met this shape for the first time: that
-        run paid for compiling. A warning in a user's job (the warm-up covers only the usual shape),
-        information during the warm-up."""
-        if not self.active.compile:
+        """Log, and return True, when this run compiled (see `will_compile`, asked before it). A
+        warning in a user's job (the warm-up covers only the usual shape), information during the
+        warm-up."""
+        if not self.will_compile(pipe, width, height, images, guided):
             return False
-        shape = (id(pipe.unet), width, height, images, guided)
-        if shape in self._compiled_shapes:
-            return False
-        self._compiled_shapes.add(shape)
+        self._compiled_shapes.add(self._key(pipe, width, height, images, guided))
         log.log(logging.INFO if self.warming else logging.WARNING,
                 "first %s run at %dx%d, %d image(s), guidance %s: %.1f s, torch.compile included", mode, width,
                 height, images, "on" if guided else "off", seconds)
         return True
+
+    @staticmethod
+    def _key(pipe: Any, width: int, height: int, images: int, guided: bool) -> tuple[Any, ...]:
+        # id(pipe): the generator keeps its mode pipelines for its whole life, so an id is never reused.
+        return id(pipe), width, height, images, guided
 
     def warmup_requests(self) -> list[GenerationRequest]:
         """The warm-up: one request of the usual shape, then `warmup_batch` of them when > 1 (one
@@ -180,7 +194,17 @@ def accelerate(pipes: Iterable[Any], settings: Acceleration, active: Active) -> 
             module.to(memory_format=torch.channels_last)
     if active.compile:
         use_compile_cache(settings.compile_cache_dir)
-        options: dict[str, Any] = {"backend": settings.compile_backend, "fullgraph": True}
+        # No fullgraph=True: with it, a shape past the recompile limit is a hard error
+        # (FailOnRecompileLimitHit) in the user's job; without it, that shape runs eagerly. The
+        # limit is per torch.compile call (torch >= 2.9), so other compiled code in the process keeps
+        # torch's own. dynamic=False: every new shape gets its own static graph, compiled once.
+        # With torch's default (automatic dynamic shapes) the second size seen recompiles a
+        # symbolic-shape graph that then serves every shape, the warmed one included (the newest
+        # entry is tried first), with generic instead of shape-specialised kernels, and whether a
+        # run compiles would depend on the order of earlier runs: the "compiling" note could not be
+        # told in advance.
+        options: dict[str, Any] = {"backend": settings.compile_backend, "dynamic": False,
+                                   "recompile_limit": settings.recompile_limit}
         if settings.compile_backend == "inductor":
             options["mode"] = settings.compile_mode
         for unet in unets:
