@@ -141,10 +141,6 @@ class JobQueue(Protocol):
         """Drop a waiting job or stop a running one at its next step; False if it is already over."""
         ...
 
-    def jobs(self) -> list[Job]:
-        """This process's running and waiting jobs, in the order they will run."""
-        ...
-
     async def listing(self) -> list[JobListing]:
         """Every process's running and waiting jobs, running first, then in the order they will run."""
         ...

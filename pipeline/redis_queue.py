@@ -210,15 +210,6 @@ class RedisQueue:
     def eta_s(self, position: int) -> float | None:
         return estimate_eta(position, self._per_job_s, self._workers, self._running_elapsed)
 
-    def order(self) -> list[Job]:
-        """This process's waiting jobs in the order they will run (other processes' jobs are not Jobs
-        here, but do count in positions)."""
-        return [self._jobs[job_id] for job_id in self._order_ids if job_id in self._jobs]
-
-    def jobs(self) -> list[Job]:
-        running = [job for job in self._jobs.values() if job.state is JobState.RUNNING]
-        return running + self.order()
-
     async def listing(self) -> list[JobListing]:
         """Every bot's running and waiting jobs on this prefix, read from Redis in one round trip
         (plus the fair-order script): running first, then in the order the workers will take them."""

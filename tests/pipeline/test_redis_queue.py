@@ -219,7 +219,7 @@ async def test_progress_position_and_eta_reach_the_submitter(queues: Any, worker
         await until(lambda: queue.status(behind[0]).position == 1 and queue.status(behind[0]).eta_s is not None)
         b, a2 = (queue.status(job) for job in behind)
         assert (b.position, a2.position) == (1, 2) and a2.eta_s >= b.eta_s  # type: ignore[operator]
-        assert [job.job_id for job in queue.jobs()] == [running.job_id, *(job.job_id for job in behind)]
+        assert [e.job_id for e in await queue.listing()] == [running.job_id, *(job.job_id for job in behind)]
         generator.release.set()
         await asyncio.wait_for(asyncio.gather(running.future, *(job.future for job in behind)), 10)
     finally:
