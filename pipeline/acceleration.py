@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from pipeline.requests import GenerationRequest
+from pipeline.requests import GenerationRequest, Mode
 
 log = logging.getLogger(__name__)
 
@@ -143,18 +143,22 @@ class Speedups:
         queue tells the user so before it starts.
 
         The key is the mode pipeline, not its UNet: img2img shares the text2img UNet, but its
-        latents come out of the channels_last VAE encoder, and compiled code guards on strides as
-        well as sizes, so img2img at a warmed text2img size still compiles once. Compiling is static
-        (`dynamic=False`), so each new key compiles exactly once. Once `recompile_limit` keys have
-        compiled, new ones run eagerly: no compile then, and no note."""
+        latents come out of the VAE encoder with other strides than fresh noise, and compiled code
+        guards on strides as well as sizes, so img2img at a warmed text2img size still compiles
+        once. Compiling is static (`dynamic=False`), so each new key compiles exactly once (the UNet,
+        and the VAE decoder when it has not met the size yet). Known misses, both rare: the
+        4-channel inpainting fallback (no `inpaint_model`) at a size img2img has run is announced
+        but compiles nothing; and once `recompile_limit` keys have compiled, the UNets (which share
+        one compiled function) run new keys eagerly and no note is given, though the VAE decoder,
+        having met fewer distinct shapes, may still compile a new size for a while."""
         return (self.active.compile and self._key(pipe, width, height, images, guided) not in self._compiled_shapes
                 and len(self._compiled_shapes) < self.settings.recompile_limit)
 
     def note_run(self, pipe: Any, mode: str, width: int, height: int, images: int, guided: bool,
                  seconds: float) -> bool:
-        """Log, and return True, when this run compiled (see `will_compile`, asked before it). A
-        warning in a user's job (the warm-up covers only the usual shape), information during the
-        warm-up."""
+        """Log, and return True, when this run was the one to compile its key (`will_compile`, asked
+        before it). A warning in a user's job (the warm-up covers only the usual shape), information
+        during the warm-up."""
         if not self.will_compile(pipe, width, height, images, guided):
             return False
         self._compiled_shapes.add(self._key(pipe, width, height, images, guided))
@@ -181,6 +185,14 @@ class Speedups:
                 for k in range(settings.warmup_batch)]
 
 
+def guided(request: GenerationRequest) -> bool:
+    """Whether the pipeline runs classifier-free guidance for `request`, which doubles the UNet's
+    batch (triples it for InstructPix2Pix): part of the shape that compiled code is made for."""
+    if request.mode is Mode.INSTRUCT:  # the pipeline's own test
+        return request.guidance > 1 and request.image_guidance >= 1
+    return request.guidance > 1
+
+
 def accelerate(pipes: Iterable[Any], settings: Acceleration, active: Active) -> None:
     """Apply `active` to every distinct UNet and VAE of `pipes`, once each, in place."""
     pipes = list(pipes)
@@ -194,17 +206,20 @@ def accelerate(pipes: Iterable[Any], settings: Acceleration, active: Active) -> 
             module.to(memory_format=torch.channels_last)
     if active.compile:
         use_compile_cache(settings.compile_cache_dir)
-        # No fullgraph=True: with it, a shape past the recompile limit is a hard error
-        # (FailOnRecompileLimitHit) in the user's job; without it, that shape runs eagerly. The
-        # limit is per torch.compile call (torch >= 2.9), so other compiled code in the process keeps
-        # torch's own. dynamic=False: every new shape gets its own static graph, compiled once.
-        # With torch's default (automatic dynamic shapes) the second size seen recompiles a
-        # symbolic-shape graph that then serves every shape, the warmed one included (the newest
-        # entry is tried first), with generic instead of shape-specialised kernels, and whether a
-        # run compiles would depend on the order of earlier runs: the "compiling" note could not be
-        # told in advance.
+        # No fullgraph=True: with it, a new shape past the recompile limit is a hard error
+        # (FailOnRecompileLimitHit) in a user's job; without it, that shape runs eagerly. The limit
+        # is this torch.compile call's own, so other compiled code in the process keeps torch's.
+        # dynamic=False: each new shape gets its own static graph, compiled once. torch's default
+        # (automatic dynamic shapes) recompiles at the second size seen into a symbolic-shape graph
+        # that then serves every size, the warmed one included (the newest entry is tried first),
+        # with generic kernels in place of shape-specialised ones; and whether a run compiles would
+        # depend on the order of earlier runs, so the "compiling" note could not be told in advance.
         options: dict[str, Any] = {"backend": settings.compile_backend, "dynamic": False,
                                    "recompile_limit": settings.recompile_limit}
+        # torch also caps all entries of one function at accumulated_recompile_limit (256): not below ours.
+        import torch._dynamo.config as dynamo  # here, as in use_compile_cache: only compiling pays the import
+
+        dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, settings.recompile_limit)
         if settings.compile_backend == "inductor":
             options["mode"] = settings.compile_mode
         for unet in unets:

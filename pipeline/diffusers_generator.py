@@ -44,7 +44,7 @@ from diffusers import (
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
-from pipeline.acceleration import Acceleration, Speedups
+from pipeline.acceleration import Acceleration, Speedups, guided
 from pipeline.call_arguments import call_arguments, check_request
 from pipeline.checkpoints import load_unet, revision_of
 from pipeline.masks import ClipSegMasker, encode_png
@@ -304,7 +304,7 @@ class DiffusersGenerator:
                 self.speedups.use_cached_prompts(pipe, kwargs, pairs, request.guidance)
             images = pipe(**kwargs).images
             self.speedups.note_run(pipe, request.mode.value, request.width, request.height, len(images),
-                                   request.guidance > 1, time.perf_counter() - started)
+                                   guided(request), time.perf_counter() - started)
             return images, pipe.num_timesteps
 
     def first_run_compiles(self, requests: Sequence[GenerationRequest]) -> bool:
@@ -315,7 +315,7 @@ class DiffusersGenerator:
         if pipe is None:
             return False
         return self.speedups.will_compile(pipe, first.width, first.height, sum(r.count for r in requests),
-                                          first.guidance > 1)
+                                          guided(first))
 
     def warm_up(self) -> float | None:
         """Run the usual shape (`Speedups.warmup_requests`) twice, so that torch.compile, CUDA graphs

@@ -196,6 +196,57 @@ def test_compile_wiring_and_warm_up(settings: GeneratorSettings, plain: Diffuser
     assert not generator.first_run_compiles([request(seeds=(9,))])
 
 
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far: what really compiled, not what was predicted."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    """No compiled code before or after: dynamo's caches and limits are per process, shared by every
+    generator of the same architecture."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_shapes_past_recompile_limit_run_eagerly(settings: GeneratorSettings, plain: DiffusersGenerator,
+                                                 init_png: bytes) -> None:
+    """Past `recompile_limit` compiled shapes, new shapes and modes run eagerly: no error (fullgraph
+    would raise FailOnRecompileLimitHit), the plain path's images, and no compile announced."""
+    acceleration = Acceleration(devices=("cpu",), compile="on", compile_backend="eager", recompile_limit=1)
+    generator = DiffusersGenerator(replace(settings, acceleration=acceleration)).load()
+    runs = [request(seeds=(1, 2)), request(seeds=(3,)), request(seeds=(1, 2), guidance=1.0),
+            request(mode=Mode.IMAGE, init_image=init_png, strength=0.7, seeds=(1, 2)),
+            request(mode=Mode.INSTRUCT, init_image=init_png, seeds=(4,))]
+    announced, compiled = [], []
+    for run in runs:
+        announced.append(generator.first_run_compiles([run]))
+        before = compiled_graphs()
+        assert_close(generator.generate(run).images, plain.generate(run).images)
+        compiled.append(compiled_graphs() - before)
+    assert compiled == [2, 0, 0, 0, 0]  # the UNet and the VAE decoder, once; then the limit
+    assert announced == [True, False, False, False, False]
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+def test_img2img_at_a_text2img_shape_compiles_once(settings: GeneratorSettings, init_png: bytes) -> None:
+    """img2img shares the text2img UNet but not its compiled code (its latents have other strides):
+    at a size only text2img has run, its first run compiles and is announced, its second is not."""
+    acceleration = Acceleration(devices=("cpu",), compile="on", compile_backend="eager")
+    generator = DiffusersGenerator(replace(settings, acceleration=acceleration)).load()
+    text = request(seeds=(1,))
+    img2img = request(mode=Mode.IMAGE, init_image=init_png, strength=0.7, seeds=(1,))
+    generator.generate(text)
+    assert not generator.first_run_compiles([text])
+    for expected in (True, False):
+        assert generator.first_run_compiles([img2img]) is expected
+        before = compiled_graphs()
+        generator.generate(img2img)
+        assert (compiled_graphs() > before) is expected
+
+
 def test_warm_up_does_nothing_on_cpu_without_compile(fast: DiffusersGenerator) -> None:
     """Nothing compiles on CPU by default, so warm_up runs nothing and says so with None."""
     assert fast.warm_up() is None

@@ -118,13 +118,28 @@ def test_generator_flags_each_candidate(checked_generator: DiffusersGenerator) -
     assert blue.nsfw == (False, False, False)
 
 
-def test_generator_batch_has_flags_per_request(checked_generator: DiffusersGenerator) -> None:
-    """generate_batch checks once and gives each result one bool per candidate of its own."""
+class PatternChecker:
+    """A stand-in safety checker: flags images by position with a fixed pattern, counting its calls."""
+
+    def __init__(self, pattern: tuple[bool, ...]) -> None:
+        self.pattern = pattern
+        self.calls: list[int] = []
+
+    def check(self, images: list[Image.Image]) -> tuple[bool, ...]:
+        self.calls.append(len(images))
+        return self.pattern[: len(images)]
+
+
+def test_generator_batch_has_flags_per_request(checked_generator: DiffusersGenerator,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """generate_batch checks once and gives each result the flags of its own candidates, in order."""
+    checker = PatternChecker((False, True, False, True))  # the last differs from the first
+    monkeypatch.setattr(checked_generator, "_safety", checker)
     first = GenerationRequest(prompt="a fox", seeds=SEEDS, steps=2, guidance=7.5, width=64, height=64)
     second = replace(first, prompt="a cat", seeds=(44,))
     results = checked_generator.generate_batch([first, second])
-    assert [len(r.nsfw) for r in results] == [3, 1]
-    assert all(isinstance(flag, bool) for r in results for flag in r.nsfw)
+    assert checker.calls == [4]
+    assert [r.nsfw for r in results] == [(False, True, False), (True,)]
 
 
 def test_generator_without_checker_reports_unchecked(bare_generator: DiffusersGenerator) -> None:
