@@ -78,6 +78,7 @@ def acceleration(config: Config) -> Acceleration:
         channels_last=performance.channels_last, fuse_qkv=performance.fuse_qkv, compile=performance.compile,
         compile_mode=performance.compile_mode, compile_cache_dir=str(config.compile_cache_path),
         warmup=performance.warmup, prompt_cache_size=performance.prompt_cache_size,
+        recompile_limit=performance.recompile_limit,
         warmup_width=generation.default_width, warmup_height=generation.default_height,
         warmup_count=generation.candidates, warmup_batch=config.queue.batch_size,
         warmup_guidance=generation.default_guidance,

@@ -199,12 +199,14 @@ class PerformanceConfig:
     compile_cache_dir: str = ""  # inductor caches reused across restarts; empty = <data_dir>/torch-cache
     warmup: bool = True  # one generation at start-up, so no user's job pays for compiling
     prompt_cache_size: int = 64  # text-encoder outputs kept for repeated prompts, on any device; 0 = off
+    recompile_limit: int = 64  # shapes compiled per model; past it new shapes run uncompiled (slower, no error)
 
     def check(self) -> None:
         _one_of("performance.compile", self.compile, ("auto", "on", "off"))
         _one_of("performance.compile_mode", self.compile_mode,
                 ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
         _in_range("performance.prompt_cache_size", self.prompt_cache_size, 0, 100_000)
+        _in_range("performance.recompile_limit", self.recompile_limit, 1, 10_000)
 
 
 @dataclass(frozen=True)

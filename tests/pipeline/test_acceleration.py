@@ -256,11 +256,11 @@ def test_warm_up_does_nothing_on_cpu_without_compile(fast: DiffusersGenerator) -
 def test_app_maps_performance_section(tmp_path: Path) -> None:
     """[performance] and the usual job shape reach the generator's settings."""
     config = Config(performance=PerformanceConfig(compile="on", compile_mode="reduce-overhead", fuse_qkv=False,
-                                                  prompt_cache_size=9, warmup=False),
+                                                  prompt_cache_size=9, warmup=False, recompile_limit=5),
                     queue=QueueConfig(batch_size=3), base_dir=tmp_path)
     acceleration = generator_settings(config).acceleration
     assert (acceleration.compile, acceleration.compile_mode, acceleration.fuse_qkv, acceleration.channels_last,
             acceleration.prompt_cache_size, acceleration.warmup) == ("on", "reduce-overhead", False, True, 9, False)
-    assert acceleration.compile_cache_dir == str(config.compile_cache_path)
+    assert acceleration.compile_cache_dir == str(config.compile_cache_path) and acceleration.recompile_limit == 5
     assert (acceleration.warmup_width, acceleration.warmup_height, acceleration.warmup_count,
             acceleration.warmup_batch) == (512, 512, 4, 3)
