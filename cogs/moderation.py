@@ -43,18 +43,19 @@ class Moderation(commands.Cog):
     @banned.command(name="add", description="Refuse prompts and replies containing this phrase")
     @app_commands.describe(phrase="A word or phrase (matched whole-word, look-alikes and spacing undone)")
     async def banned_add(self, interaction: discord.Interaction, phrase: str) -> None:
-        changed = await self.service.change_banned(member_of(interaction.user, interaction.permissions), phrase,
-                                                   add=True)
-        await interaction.response.send_message(
-            "Added to the banned phrases." if changed else "That phrase is already banned.", ephemeral=True)
+        await self._change_banned(interaction, phrase, add=True)
 
     @banned.command(name="remove", description="Allow this phrase again")
     @app_commands.describe(phrase="The phrase exactly as listed by /banned list")
     async def banned_remove(self, interaction: discord.Interaction, phrase: str) -> None:
+        await self._change_banned(interaction, phrase, add=False)
+
+    async def _change_banned(self, interaction: discord.Interaction, phrase: str, *, add: bool) -> None:
         changed = await self.service.change_banned(member_of(interaction.user, interaction.permissions), phrase,
-                                                   add=False)
-        await interaction.response.send_message(
-            "Removed from the banned phrases." if changed else "That phrase is not banned.", ephemeral=True)
+                                                   add=add)
+        done, unchanged = (("Added to the banned phrases.", "That phrase is already banned.") if add
+                           else ("Removed from the banned phrases.", "That phrase is not banned."))
+        await interaction.response.send_message(done if changed else unchanged, ephemeral=True)
 
     @banned.command(name="list", description="Show the banned phrases")
     async def banned_list(self, interaction: discord.Interaction) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from pipeline.requests import GenerationRequest, GenerationResult, ProgressCallback
@@ -18,3 +19,10 @@ class Generator(Protocol):
     ) -> GenerationResult:
         """Return one image per seed, reporting (step, total) through `progress` as it goes."""
         ...
+
+
+def first_run_compiles(generator: Generator, requests: Sequence[GenerationRequest]) -> bool:
+    """Whether running `requests` as one call compiles first. Only generators that compile have the
+    method (DiffusersGenerator with torch.compile on); for the others a run never compiles."""
+    check = getattr(generator, "first_run_compiles", None)
+    return bool(check(requests)) if callable(check) else False

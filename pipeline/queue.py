@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from pipeline.generator import Generator
+from pipeline.generator import Generator, first_run_compiles
 from pipeline.job_store import JobStore
 from pipeline.jobs import (
     COMPILING_NOTE,
@@ -222,7 +222,8 @@ class LocalQueue:
                 continue
             batch = [job, *self._compatible_with(job)]
             self._running = batch
-            note = COMPILING_NOTE if self._compiles([member.request for member in batch]) else ""
+            compiles = first_run_compiles(self.generator, [member.request for member in batch])
+            note = COMPILING_NOTE if compiles else ""
             for member in batch:
                 member.state = JobState.RUNNING
                 member.started_at = self._clock()
@@ -255,10 +256,6 @@ class LocalQueue:
                         self._finish(member, JobState.DONE, result=result, forget=False)  # see forget()
             finally:
                 self._running = []
-
-    def _compiles(self, requests: list[GenerationRequest]) -> bool:
-        check = getattr(self.generator, "first_run_compiles", None)  # generators that compile have it
-        return bool(check(requests)) if callable(check) else False
 
     def _generate(self, batch: list[Job], progress: ProgressCallback) -> list[GenerationResult]:
         if len(batch) == 1:

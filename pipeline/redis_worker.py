@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from pipeline import redis_scripts
-from pipeline.generator import Generator
+from pipeline.generator import Generator, first_run_compiles
 from pipeline.jobs import COMPILING_NOTE, JobState
 from pipeline.redis_queue import GROUP
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, batch_key
@@ -215,8 +215,7 @@ class RedisWorker:
 
     def _tell_if_compiling(self, group: list[Taken]) -> None:
         """When this run compiles first (a shape the warm-up did not cover), say so to the bots."""
-        check = getattr(self.generator, "first_run_compiles", None)
-        if not callable(check) or not check([t.request for t in group]):
+        if not first_run_compiles(self.generator, [t.request for t in group]):
             return
         pipe = self._redis.pipeline(transaction=False)
         for t in group:
