@@ -61,10 +61,14 @@ class JobStore:
             self._db.execute("INSERT OR REPLACE INTO jobs (job_id, user_id, request, meta, submitted_at) "
                              "VALUES (?, ?, ?, ?, ?)", row)
 
-    def started(self, job_id: str) -> None:
-        """Count a run of the job: after a crash, `attempts` tells a restart how often it was tried."""
+    def count_runs(self, job_ids: list[str]) -> None:
+        """Count a run of each job (one batch, one transaction): after a crash, `attempts` tells a
+        restart how often it was tried."""
         with self._lock:
-            self._db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE job_id = ?", (job_id,))
+            self._db.execute("BEGIN")
+            self._db.executemany("UPDATE jobs SET attempts = attempts + 1 WHERE job_id = ?",
+                                 [(job_id,) for job_id in job_ids])
+            self._db.execute("COMMIT")
 
     def remove(self, job_id: str) -> None:
         with self._lock:

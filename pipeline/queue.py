@@ -176,7 +176,7 @@ class LocalQueue:
 
     async def forget(self, job_id: str) -> None:
         if self.store is not None:
-            self.store.remove(job_id)
+            await asyncio.to_thread(self.store.remove, job_id)  # an fsync: off the loop
 
     async def pending_jobs(self) -> list[PendingJob]:
         """Jobs an earlier run accepted and never ended (empty without a store)."""
@@ -228,8 +228,8 @@ class LocalQueue:
                 member.state = JobState.RUNNING
                 member.started_at = self._clock()
                 member.note = note
-                if self.store is not None:
-                    self.store.started(member.job_id)
+            if self.store is not None:  # an fsync, off the loop; after RUNNING, so a cancel meanwhile is a flag
+                await asyncio.to_thread(self.store.count_runs, [member.job_id for member in batch])
 
             def progress(step: int, total: int, batch: list[Job] = batch) -> None:
                 # A batch stops only when every job in it was cancelled; the others carry it on.
