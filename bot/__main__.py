@@ -13,6 +13,7 @@ from typing import TextIO
 
 from bot.config import Config, ConfigError, Secrets, load_config
 from bot.logs import setup_logging
+from storage.exports import FORMATS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,15 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser(
         "export", help="write a dataset export from the journal (for moderators outside Discord)",
         description="Replay the journal into a training-ready export folder (the formats' files, images, README.md "
-        "dataset card, export.json). Needs REFINERY_EXPORT_KEY (use the bot's, so pseudonyms match its exports). "
-        "It only reads the journal, so it may run beside the bot. It writes the folder only: the Oxen branch "
-        "exports/<name> is made by /export in Discord, whose Oxen writer commits it.")
-    export.add_argument("--format", default="", help="comma-separated: ratings,pairs,rankings,edits (default: all)")
+        "dataset card, export.json) and commit that folder as its own Oxen repository (the export and nothing "
+        "else). Needs REFINERY_EXPORT_KEY (use the bot's, so pseudonyms match its exports). It only reads the "
+        "journal, so it may run beside the bot.")
+    export.add_argument("--format", default="", help=f"comma-separated, some of {','.join(FORMATS)} (default: all)")
     export.add_argument("--since", help="first day, YYYY-MM-DD (UTC)")
     export.add_argument("--until", help="last day, YYYY-MM-DD (UTC, included)")
     export.add_argument("--channel", type=int, help="only rounds made in this channel (id)")
     export.add_argument("--min-votes", type=int, default=0, help="only rounds with at least N voters")
     export.add_argument("--include-flagged", action="store_true", help="keep flagged rounds")
+    export.add_argument("--include-edit-rounds", action="store_true",
+                        help="also instruct/inpaint rounds in pairs and kto (their caption is the reply)")
+    export.add_argument("--no-oxen", action="store_true", help="write the folder only, no Oxen repository")
     export.add_argument("--name", help="the export's name (default: export-<UTC time>)")
     export.add_argument("--out", type=Path, help="the folder to create (default: <data_dir>/exports/<name>)")
     export.add_argument("--config", type=Path, default=None)
@@ -125,7 +129,7 @@ def _export(args: argparse.Namespace, config: Config, secrets: Secrets) -> int:
     try:
         plan = plan_export(formats=args.format, since=args.since, until=args.until, channel_id=args.channel,
                            min_votes=args.min_votes, include_flagged=args.include_flagged, name=args.name,
-                           now=time.time())
+                           now=time.time(), include_edit_rounds=args.include_edit_rounds)
         out = args.out or config.data_dir / "exports" / plan.name
         result = build(config, plan, out, pseudonymiser(secrets.export_key), progress=ProgressBar(sys.stderr))
     except (InvalidInput, FileExistsError, ValueError) as exc:
@@ -134,6 +138,15 @@ def _export(args: argparse.Namespace, config: Config, secrets: Secrets) -> int:
     counts = ", ".join(f"{n} {fmt}" for fmt, n in result.counts.items())
     print(f"export {plan.name}: {counts}")
     print(f"folder: {result.folder}")
+    if not args.no_oxen:
+        from storage.export_repo import commit_export
+
+        outcome = commit_export(result.folder, plan.name, config_dir=config.data_dir / ".oxen-config")
+        if "error" in outcome:
+            print(f"refinery export: the folder is written but not committed to Oxen: {outcome['error']}",
+                  file=sys.stderr)
+            return 1
+        print(f"oxen: the folder is its own repository, commit {outcome['commit_id']}")
     return 0
 
 

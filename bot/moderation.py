@@ -6,9 +6,9 @@ removing a round, and the moderation log. The per-user event rate limit is `bot.
 
 No discord and no oxen here. An export is built from the journal in a worker thread
 (`storage.exports.build_dataset`, with its own connection to the same journal file), journaled as a
-ModerationAction("export"), and committed to Oxen on branch `exports/<name>` by the Oxen writer
-process, which is asked through a request file (`storage.export_branches`): only that process may
-open the repository.
+ModerationAction("export"), and committed as its own Oxen repository by a child process
+(`storage.export_repo`), so the published export carries nothing of the raw log (only the Oxen
+writer may open the log's own repository).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bot.errors import InvalidInput, NotAllowed, NotARound, Refused
 from bot.permissions import Action, Member, allowed, is_moderator
 from bot.wordfilter import WordFilter, normalise
 from pipeline.requests import GenerationRequest
-from storage import export_branches
+from storage import export_repo
 from storage.async_journal import AsyncJournal
 from storage.exports import FORMATS, ExportFilters, ExportResult, build_dataset
 from storage.journal import Journal
@@ -61,19 +61,19 @@ class ExportSummary:
     folder: Path
     counts: dict[str, int]
     rounds: int
-    branch: str
-    commit_id: str | None = None  # None while the Oxen writer has not committed it
-    error: str | None = None  # why the writer could not commit it
+    commit_id: str | None = None  # the commit of the export's own Oxen repository (the folder)
+    error: str | None = None  # why it could not be committed
     archive: bytes | None = field(default=None, repr=False)  # the folder zipped, if under the limit
+    left_out: dict[str, int] = field(default_factory=dict)  # rounds not used, by reason
 
     @property
     def oxen_state(self) -> str:
-        return "failed" if self.error else "committed" if self.commit_id else "pending"
+        return "committed" if self.commit_id and not self.error else "failed"
 
 
 # -- parsing (shared by the cog and the CLI) ----------------------------------------------------------
 def parse_formats(text: str | Sequence[str] | None) -> tuple[str, ...]:
-    """"ratings, pairs" → ("ratings", "pairs"); empty means all four."""
+    """"ratings, pairs" → ("ratings", "pairs"); empty means all of them."""
     items = text.split(",") if isinstance(text, str) else list(text or ())
     wanted = tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
     for item in wanted:
@@ -99,10 +99,10 @@ def default_export_name(now: float) -> str:
 
 def plan_export(*, formats: str | Sequence[str] | None, since: str | None, until: str | None,
                 channel_id: int | None, min_votes: int | None, include_flagged: bool, name: str | None,
-                now: float) -> ExportPlan:
+                now: float, include_edit_rounds: bool = False) -> ExportPlan:
     """Check every option, naming the bad value (raises InvalidInput)."""
     name = (name or "").strip() or default_export_name(now)
-    if not export_branches.NAME.match(name):
+    if not export_repo.NAME.match(name):
         raise InvalidInput(f"Export name `{name[:80]}` is not allowed: use up to 64 letters, digits, `-` and `_`, "
                            "starting with a letter or digit.")
     if min_votes is not None and min_votes < 0:
@@ -111,7 +111,7 @@ def plan_export(*, formats: str | Sequence[str] | None, since: str | None, until
     if start is not None and end is not None and start >= end:
         raise InvalidInput(f"since={since} is after until={until}.")
     filters = ExportFilters(since=start, until=end, channel_id=channel_id, min_votes=min_votes or 0,
-                            include_flagged=include_flagged)
+                            include_flagged=include_flagged, include_edit_rounds=include_edit_rounds)
     return ExportPlan(name, parse_formats(formats), filters)
 
 
@@ -138,7 +138,7 @@ def zip_folder(folder: Path, limit: int = ATTACH_LIMIT_BYTES) -> bytes | None:
     """The folder as a zip, or None once it grows past `limit` (too big to attach)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and ".oxen" not in p.relative_to(folder).parts):
             archive.write(path, f"{folder.name}/{path.relative_to(folder).as_posix()}")
             if buffer.tell() > limit:
                 return None
@@ -150,7 +150,7 @@ class Moderation:
     """Exports, flags and opt-outs. `export_key` overrides REFINERY_EXPORT_KEY (the demo and tests)."""
 
     def __init__(self, config: Config, journal: AsyncJournal, *, export_key: str | None = None,
-                 commit_timeout_s: float = 30.0) -> None:
+                 commit_timeout_s: float = 120.0) -> None:
         self.config = config
         self.journal = journal
         self.commit_timeout_s = commit_timeout_s
@@ -170,15 +170,15 @@ class Moderation:
 
     async def export(self, *, member: Member, formats: str | Sequence[str] | None, since: str | None,
                      until: str | None, channel_id: int | None, min_votes: int | None, include_flagged: bool,
-                     name: str | None) -> ExportSummary:
-        """Check, build, journal, ask the writer for the branch, wait for it (up to commit_timeout_s)."""
+                     name: str | None, include_edit_rounds: bool = False) -> ExportSummary:
+        """Check, build, journal, commit the folder as its own Oxen repository (up to commit_timeout_s)."""
         self.require(Action.EXPORT, member)  # before anything is read or written
         plan = plan_export(formats=formats, since=since, until=until, channel_id=channel_id, min_votes=min_votes,
-                           include_flagged=include_flagged, name=name, now=time.time())
+                           include_flagged=include_flagged, name=name, now=time.time(),
+                           include_edit_rounds=include_edit_rounds)
         pseudo = pseudonymiser(self._export_key or Secrets.from_env().export_key)
         out = self.config.data_dir / "exports" / plan.name
-        requests = export_branches.requests_dir(self.config.data_dir)
-        if out.exists() or (requests / f"{plan.name}.done.json").exists():
+        if out.exists():
             raise InvalidInput(f"An export named `{plan.name}` already exists; choose another name.")
         try:
             result = await asyncio.to_thread(build, self.config, plan, out, pseudo)
@@ -189,23 +189,14 @@ class Moderation:
             event_id=new_id(), action="export", moderator_id=member.user_id, round_id=None, target_user_id=None,
             reason=json.dumps({"name": plan.name, "formats": list(plan.formats), "counts": result.counts,
                                "filters": plan.filters.describe()}, separators=(",", ":"))))
-        export_branches.request_export(self.config.data_dir, plan.name, out)
-        outcome = await self._wait_for_commit(plan.name)
-        log.info("export %s by user %s: %s, oxen %s", plan.name, member.user_id, result.counts,
-                 outcome or "pending")
+        outcome = await asyncio.to_thread(export_repo.commit_export, out, plan.name,
+                                          config_dir=self.config.data_dir / ".oxen-config",
+                                          timeout_s=self.commit_timeout_s)
+        log.info("export %s by user %s: %s, oxen %s", plan.name, member.user_id, result.counts, outcome)
         archive = await asyncio.to_thread(zip_folder, out)
         return ExportSummary(plan.name, out, result.counts, int(meta.get("rounds", 0)),
-                             export_branches.BRANCH_PREFIX + plan.name,
-                             commit_id=(outcome or {}).get("commit_id"), error=(outcome or {}).get("error"),
-                             archive=archive)
-
-    async def _wait_for_commit(self, name: str) -> dict[str, object] | None:
-        deadline = time.monotonic() + self.commit_timeout_s
-        while (outcome := export_branches.export_outcome(self.config.data_dir, name)) is None:
-            if time.monotonic() >= deadline:
-                return None
-            await asyncio.sleep(0.1)
-        return outcome
+                             commit_id=outcome.get("commit_id"), error=outcome.get("error"), archive=archive,
+                             left_out=dict(meta.get("left_out", {})))
 
     async def find_round(self, round_ref: str) -> Round:
         """A round by its id or by the id of a message showing it (raises NotARound)."""

@@ -370,12 +370,13 @@ class RefineryService:
         self.moderation.require(action, member)
 
     async def export(self, *, member: Member, formats: str | None, since: str | None, until: str | None,
-                     channel_id: int | None, min_votes: int | None, include_flagged: bool, name: str | None
-                     ) -> ExportSummary:
-        """Moderators: build a dataset export from the journal and have the Oxen writer branch it."""
+                     channel_id: int | None, min_votes: int | None, include_flagged: bool, name: str | None,
+                     include_edit_rounds: bool = False) -> ExportSummary:
+        """Moderators: build a dataset export from the journal, committed as its own Oxen repository."""
         return await self.moderation.export(member=member, formats=formats, since=since, until=until,
                                             channel_id=channel_id, min_votes=min_votes,
-                                            include_flagged=include_flagged, name=name)
+                                            include_flagged=include_flagged, name=name,
+                                            include_edit_rounds=include_edit_rounds)
 
     async def flag(self, member: Member, round_ref: str, *, flagged: bool = True) -> Round:
         """Moderators: flag (or unflag) a round, by round id or message id; exports leave it out."""

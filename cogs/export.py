@@ -17,21 +17,23 @@ from bot.client import RefineryBot
 from bot.moderation import ATTACH_LIMIT_BYTES, ExportSummary
 from bot.permissions import Action
 from cogs.members import member_of
+from storage.exports import FORMATS
 
 
 def export_text(summary: ExportSummary) -> str:
     counts = " · ".join(f"{n} {fmt}" for fmt, n in summary.counts.items())
-    lines = [f"📦 Export **{summary.name}**: {counts} from {summary.rounds} round(s).",
-             f"Folder: `{summary.folder}`"]
+    rounds = f"{summary.rounds} round" + ("" if summary.rounds == 1 else "s")
+    lines = [f"📦 Export **{summary.name}**: {counts} from {rounds}.", f"Folder: `{summary.folder}`"]
+    if summary.left_out:
+        reasons = "; ".join(f"{reason}: {n}" for reason, n in list(summary.left_out.items())[:6])
+        lines.append(f"Not used: {reasons[:400]}")
     if summary.oxen_state == "committed":
-        lines.append(f"Oxen: branch `{summary.branch}`, commit `{summary.commit_id}`")
-    elif summary.oxen_state == "pending":
-        lines.append(f"Oxen: branch `{summary.branch}` is pending (the Oxen writer has not committed it yet).")
+        lines.append(f"Oxen: the folder is its own repository (only this export), commit `{summary.commit_id}`")
     else:
         lines.append(f"Oxen: not committed: {(summary.error or '')[:300]}")
     if summary.archive is None:
         lines.append(f"The zipped export is over {ATTACH_LIMIT_BYTES / 1e6:.0f} MB: take it from the folder "
-                     "or the Oxen branch.")
+                     "or push its Oxen repository.")
     return "\n".join(lines)
 
 
@@ -42,25 +44,27 @@ class Export(commands.Cog):
 
     @app_commands.command(name="export", description="Moderators: export the votes as training-ready datasets")
     @app_commands.describe(
-        formats="Comma-separated: ratings, pairs, rankings, edits (default: all four)",
+        formats=f"Comma-separated: {', '.join(FORMATS)} (default: all)",
         since="First day, YYYY-MM-DD (UTC)",
         until="Last day, YYYY-MM-DD (UTC, included)",
         channel="Only rounds made in this channel",
         min_votes="Only rounds with at least this many voters",
         include_flagged="Keep flagged rounds (default: leave them out)",
-        name="Folder and Oxen branch name (default: export-<UTC time>)",
+        name="Folder and Oxen repository name (default: export-<UTC time>)",
+        include_edit_rounds="Also instruct/inpaint rounds in pairs and kto (their caption is the reply)",
     )
     async def export(self, interaction: discord.Interaction, formats: str | None = None, since: str | None = None,
                      until: str | None = None, channel: app_commands.AppCommandChannel | None = None,
                      min_votes: app_commands.Range[int, 0, 1_000_000] | None = None,
-                     include_flagged: bool = False, name: str | None = None) -> None:
+                     include_flagged: bool = False, name: str | None = None,
+                     include_edit_rounds: bool = False) -> None:
         member = member_of(interaction.user, interaction.permissions)
         self.service.require(Action.EXPORT, member)  # NotAllowed → the tree's handler, ephemeral, nothing written
         await interaction.response.defer(ephemeral=True, thinking=True)
         summary = await self.service.export(
             member=member, formats=formats, since=since, until=until,
             channel_id=channel.id if channel is not None else None, min_votes=min_votes,
-            include_flagged=include_flagged, name=name)
+            include_flagged=include_flagged, name=name, include_edit_rounds=include_edit_rounds)
         files: list[discord.File] = []
         if summary.archive is not None:
             files.append(discord.File(io.BytesIO(summary.archive), filename=f"{summary.name}.zip"))

@@ -29,6 +29,15 @@ def load_unet(model: str, *, dtype: torch.dtype, local_files_only: bool) -> Any:
         return UNet2DConditionModel.from_pretrained(model, **kwargs)
 
 
+def public_model_id(model: str) -> str:
+    """How a round names its model: a hub id as given; a local folder by its name alone (the weights'
+    digest is the round's model_revision), so the operator's paths never reach the log or an export."""
+    path = Path(model).expanduser()
+    if path.is_dir() or path.is_absolute():
+        return path.resolve().name or "local-model"
+    return model
+
+
 def revision_of(model: str, revision: str | None = None) -> str:
     """What exactly was loaded: a snapshot commit, a content digest, or the revision as given."""
     path = Path(model)

@@ -46,7 +46,7 @@ from PIL import Image
 
 from pipeline.acceleration import Acceleration, Speedups, guided
 from pipeline.call_arguments import call_arguments, check_request
-from pipeline.checkpoints import load_unet, revision_of
+from pipeline.checkpoints import load_unet, public_model_id, revision_of
 from pipeline.masks import ClipSegMasker, encode_png
 from pipeline.requests import GenerationRequest, GenerationResult, Mode, ProgressCallback
 from pipeline.safety import ImageSafetyChecker
@@ -120,7 +120,7 @@ class DiffusersGenerator:
 
     def __init__(self, settings: GeneratorSettings) -> None:
         self.settings = settings
-        self.model_id = settings.model
+        self.model_id = public_model_id(settings.model)
         self.model_revision = ""
         self.device = _resolve_device(settings.device)
         self.dtype: torch.dtype = DTYPES[settings.dtype] or (

@@ -29,6 +29,33 @@ def committed_rows(repo: Path, branch: str | None = None) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def committed_tree(repo: Path, branch: str | None = None) -> dict[str, Any]:
+    """{"files": {path: sha256}, "log": [message, ...]}: EVERY file of the head commit's tree (of `branch`)."""
+    args = [str(repo), branch or "", "--tree"]
+    done = subprocess.run([sys.executable, "-m", "tests.oxen_reader", *args], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _tree(repo_path: Path, branch: str | None) -> dict[str, Any]:
+    from storage.oxen_repo import OxenRepository
+
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = Path(scratch) / "repo"
+        shutil.copytree(repo_path, copy)
+        for child in copy.iterdir():  # an empty working tree: whatever comes back is the commit's
+            if child.name != ".oxen":
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        repo = OxenRepository(copy).open_or_init()
+        if branch:
+            repo.checkout(branch)
+        repo.restore(".")
+        files = {p.relative_to(copy).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in sorted(copy.rglob("*")) if p.is_file() and ".oxen" not in p.relative_to(copy).parts}
+        return {"files": files, "log": [c.message for c in repo.log()]}
+
+
 def _read(repo_path: Path, branch: str | None = None) -> dict[str, Any]:
     from storage.oxen_repo import OxenRepository
 
@@ -57,5 +84,8 @@ def _read(repo_path: Path, branch: str | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    result = _read(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)
+    if sys.argv[-1] == "--tree":
+        result = _tree(Path(sys.argv[1]), sys.argv[2] or None)
+    else:
+        result = _read(Path(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)
     print(json.dumps(result, default=str))

@@ -15,6 +15,7 @@ from bot.__main__ import main
 from storage.images import ImageStore
 from storage.journal import Journal
 from storage.records import ModerationAction, Round, VoteEvent, new_id
+from tests.oxen_reader import committed_tree
 
 ANN, BEN = 311111111111111111, 322222222222222222
 JAN_2 = 1_767_312_000.0  # 2026-01-02 00:00 UTC
@@ -39,7 +40,7 @@ def add_round(journal: Journal, data_dir: Path, requester: int, at: float) -> st
     rid = new_id()
     paths = ImageStore(data_dir).save_round(rid, tuple(png((60 * k, 0, 0)) for k in range(1, 5)))
     journal.append(Round(
-        round_id=rid, prompt="a lighthouse", negative_prompt="", mode="txt2img", steps=4, guidance=7.5, width=16,
+        round_id=rid, prompt="a lighthouse", negative_prompt="", mode="text2img", steps=4, guidance=7.5, width=16,
         height=16, seeds=(1, 2, 3, 4), model_id="tiny", model_revision="r1", scheduler="ddim", image_paths=paths,
         requester_id=requester, guild_id=None, channel_id=7, source="slash", queued_s=0.0, generate_s=0.1,
         created_at=at))
@@ -65,7 +66,8 @@ def config_file(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 def test_export_writes_the_folder(config_file: tuple[Path, dict[str, str]], tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """With the key set, the chosen formats and days are written, with a progress bar on stderr."""
+    """With the key set, the chosen formats and days are written, with a progress bar on stderr, and the folder
+    is committed as its own Oxen repository."""
     path, rounds = config_file
     monkeypatch.setenv("REFINERY_EXPORT_KEY", "cli-test-key-0123456789")
     out = tmp_path / "out" / "first-days"
@@ -78,7 +80,14 @@ def test_export_writes_the_folder(config_file: tuple[Path, dict[str, str]], tmp_
     assert "exporting [" in captured.err and "3/3 rounds" in captured.err
     ratings = pq.read_table(out / "ratings" / "train.parquet").to_pylist()
     assert {r["round_id"] for r in ratings} == {rounds["jan2"]}  # Jan 5 is after --until, Ben opted out
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "export.json", "images", "pairs", "ratings"]
+    assert sorted(p.name for p in out.iterdir()) == [".oxen", "README.md", "export.json", "images", "pairs", "ratings"]
+    assert "oxen: the folder is its own repository, commit " in captured.out
+    committed = committed_tree(out)
+    assert sorted({f.split("/")[0] for f in committed["files"]}) == ["README.md", "export.json", "images", "pairs",
+                                                                      "ratings"]
+    plain = tmp_path / "x"
+    assert main(["export", "--config", str(path), "--format", "ratings", "--no-oxen", "--out", str(plain)]) == 0
+    assert not (tmp_path / "x" / ".oxen").exists()
 
 
 def test_export_without_the_key_fails_clearly(config_file: tuple[Path, dict[str, str]], tmp_path: Path,

@@ -14,9 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bot.devserver import MANAGE_GUILD
-from storage.export_branches import requests_dir
 from tests.conftest import World
-from tests.oxen_reader import committed_rows
+from tests.oxen_reader import committed_rows, committed_tree
 
 ONE, TWO, THREE, FOUR, FLAG = "1️⃣", "2️⃣", "3️⃣", "4️⃣", "🚩"
 KEY = "test-export-key-0123456789"
@@ -52,14 +51,16 @@ async def slash(world: World, name: str, options: dict[str, Any], user: int, don
     return interaction
 
 
-def sha256_tree(folder: Path, prefix: str) -> dict[str, str]:
-    return {f"{prefix}/{p.relative_to(folder).as_posix()}": hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+def sha256_tree(folder: Path) -> dict[str, str]:
+    """Every file of a folder but Oxen's own (.oxen/), by relative path."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and ".oxen" not in p.relative_to(folder).parts}
 
 
 @pytest.mark.slow
 async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, start_bot, monkeypatch) -> None:
-    """A log built through the client exports exactly the expected rows, onto its own Oxen branch."""
+    """A log built through the client exports exactly the expected rows, into its own Oxen repository that holds
+    the export and nothing else; the log's repository is untouched by it."""
     monkeypatch.setenv("REFINERY_EXPORT_KEY", KEY)
     server = world.server
     carol = server.add_user("carol", roles=[server.add_role("Mods")])  # the moderator
@@ -91,7 +92,7 @@ async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, s
         assert refused.responses[0]["type"] == 4 and refused.responses[0]["data"]["flags"] & EPHEMERAL
         assert "Only moderators can export datasets" in refused.responses[0]["data"]["content"]
         data_dir = app.config.data_dir
-        assert not (data_dir / "exports").exists() and not requests_dir(data_dir).exists()
+        assert not (data_dir / "exports").exists()
         assert await moderation_count(app) == 2
 
         started = time.monotonic()
@@ -100,12 +101,14 @@ async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, s
         export_s = time.monotonic() - started
         assert answer.responses[0]["type"] == 5 and answer.responses[0]["data"]["flags"] & EPHEMERAL
         text = answer.original["content"]
-        assert "4 ratings · 4 pairs · 2 rankings · 0 edits from 1 round(s)" in text, text
-        assert "branch `exports/weekly`, commit `" in text, text
+        assert ("4 ratings · 4 pairs · 6 voter_pairs · 2 rankings · 4 kto · 0 edits · 0 edit_pairs from 1 round."
+                in text), text
+        assert "the folder is its own repository (only this export), commit `" in text, text
         (attachment,) = answer.original["attachments"]
         assert attachment["filename"] == "weekly.zip"
         with zipfile.ZipFile(io.BytesIO(server.attachment_bytes(attachment["url"]))) as archive:
             assert "weekly/ratings/train.parquet" in archive.namelist()
+            assert not any("/.oxen/" in name for name in archive.namelist())
 
         folder = data_dir / "exports" / "weekly"
         ratings = pq.read_table(folder / "ratings" / "train.parquet").to_pylist()
@@ -116,9 +119,9 @@ async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, s
 
         pairs = datasets.load_dataset("parquet", data_files=str(folder / "pairs" / "train-00000-of-00001.parquet"),
                                       split="train", cache_dir=str(data_dir / "hf-cache"))
-        assert sorted((p["image_0_uid"], p["image_1_uid"]) for p in pairs) == [
-            (f"{a}-1", f"{a}-3"), (f"{a}-1", f"{a}-4"), (f"{a}-2", f"{a}-3"), (f"{a}-2", f"{a}-4")]
-        assert set(pairs["label_0"]) == {1.0}
+        winner_loser = sorted((p["best_image_uid"], p["image_1_uid"] if p["label_0"] else p["image_0_uid"])
+                              for p in pairs)
+        assert winner_loser == [(f"{a}-1", f"{a}-3"), (f"{a}-1", f"{a}-4"), (f"{a}-2", f"{a}-3"), (f"{a}-2", f"{a}-4")]
         rankings = pq.read_table(folder / "rankings" / "train.parquet").to_pylist()
         assert sorted(r["best_image_uid"] for r in rankings) == [f"{a}-1", f"{a}-2"]
         everything = b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
@@ -128,7 +131,7 @@ async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, s
         elsewhere = await slash(world, "export", {"name": "general-only", "formats": "ratings, pairs",
                                                   "channel": world.general, "min_votes": 1}, carol,
                                 lambda i: bool(i.original and "📦" in i.original["content"]))
-        assert "0 ratings · 0 pairs from 0 round(s)" in elsewhere.original["content"]
+        assert "0 ratings · 0 pairs from 0 rounds." in elsewhere.original["content"]
 
         await server.add_reaction(ch, a_msg, world.alice, THREE)  # after the exports: must land on main
         await until(lambda: app.journal.has_vote(a, 3, world.alice))
@@ -136,7 +139,7 @@ async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, s
         repo = app.config.oxen_repo_path
 
     main = committed_rows(repo)
-    assert main["branch"] == "main" and list(main["exports"]) == ["exports/README.md"]  # see export_branches
+    assert main["branch"] == "main" and not main["exports"]
     assert main["log"][0].startswith("refinery: ") and not any("refinery export" in m for m in main["log"])
     assert (world.alice, 3, "add") in [(v["user_id"], v["candidate"], v["action"]) for v in main["tables"]["votes"]]
     assert {r["round_id"] for r in main["tables"]["rounds"]} == {a, b, c}
@@ -147,11 +150,10 @@ async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, s
     assert set(moderation[:2]) == {("flag", carol, c, world.alice), ("forget_me", world.bob, None, world.bob)}
     assert moderation[2:] == [("export", carol, None, None)] * 2
 
-    branch = committed_rows(repo, "exports/weekly")
-    assert branch["branch"] == "exports/weekly"
-    assert branch["log"][0].startswith("refinery export weekly: 4 ratings, 4 pairs, 2 rankings, 0 edits")
-    assert branch["exports"] == {**sha256_tree(folder, "exports/weekly"), **main["exports"]}
-    assert {r["round_id"] for r in branch["tables"]["rounds"]} == {a, b, c}, "the branch starts from main"
+    published = committed_tree(folder)
+    assert published["log"] == [published["log"][0]] and published["log"][0].startswith(
+        "refinery export weekly: 4 ratings, 4 pairs, 6 voter_pairs, 2 rankings, 4 kto, 0 edits, 0 edit_pairs")
+    assert published["files"] == sha256_tree(folder)
     print(f"\n/export answered in {export_s:.2f} s")
 
 

@@ -66,7 +66,7 @@ async def test_slash_command_answered_by_a_worker_process(world: World, start_bo
                                                 and str(message_id) in r.path)
             record = await app.journal.round_for_message(int(message_id))
             assert record is not None and record.seeds == (9, 10, 11, 12)
-            assert record.model_id == str(tiny_models.sd)
+            assert record.model_id == tiny_models.sd.name
     finally:
         worker.terminate()
         worker.wait(timeout=30)

@@ -54,6 +54,14 @@ def journal(data_dir: Path) -> Iterator[Journal]:
 
 
 @pytest.fixture
+def log(journal: Journal, data_dir: Path) -> dict[str, str]:
+    """The export tests' hand-built log (tests/storage/export_log.py); the round ids by name."""
+    from tests.storage.export_log import build_log
+
+    return build_log(journal, data_dir)
+
+
+@pytest.fixture
 def make_round(data_dir: Path) -> Callable[..., Round]:
     """A Round whose four images (and optionally a mask) exist under the data directory."""
 

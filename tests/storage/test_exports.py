@@ -1,4 +1,4 @@
-"""Dataset exports: a hand-built log replayed into ratings, pairs, rankings and edits, row by row."""
+"""Dataset exports: a hand-built log (tests/storage/export_log.py) replayed into every format, row by row."""
 
 from __future__ import annotations
 
@@ -10,122 +10,29 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from storage.exports import FORMATS, ExportFilters, ExportResult, build_dataset
-from storage.images import ImageStore
+from storage.exports import FORMATS, ExportFilters, build_dataset
 from storage.journal import Journal
 from storage.pseudonyms import ExportKeyMissingError, Pseudonymiser, from_secret
-from storage.records import ModerationAction, Round, VoteEvent, new_id
-
-# Snowflake-sized ids, so finding one in an output file cannot be a coincidence.
-ANN, BEN, CAT, DAN, EVA, MOD = (311111111111111111, 322222222222222222, 333333333333333333,
-                                344444444444444444, 355555555555555555, 366666666666666666)
-USERS = (ANN, BEN, CAT, DAN, EVA, MOD)
-T0 = 1_700_000_000.0
-KEY = b"test-export-key"
-Rounds = dict[str, str]  # the log fixture's round ids by name
-COLOURS = {1: (255, 0, 0), 2: (0, 255, 0), 3: (0, 0, 255), 4: (255, 255, 0)}  # candidate k's colour
-
-
-def png(colour: tuple[int, int, int]) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def add_round(journal: Journal, data_dir: Path, prompt: str, requester: int, at: float, **extra: object) -> str:
-    rid = new_id()
-    paths = ImageStore(data_dir).save_round(rid, tuple(png(COLOURS[k]) for k in range(1, 5)))
-    if extra.pop("mask", False):
-        extra["mask_path"] = ImageStore(data_dir).save(rid, "mask.png", png((255, 255, 255)))
-    journal.append(Round(
-        round_id=rid, prompt=prompt, negative_prompt="", mode=str(extra.pop("mode", "txt2img")), steps=4,
-        guidance=7.5, width=16, height=16, seeds=(11, 12, 13, 14), model_id="tiny-sd", model_revision="r1",
-        scheduler="ddim", image_paths=paths, requester_id=requester, guild_id=None,
-        channel_id=int(extra.pop("channel", 7)), source="slash", queued_s=0.0, generate_s=0.1, created_at=at,
-        **extra))  # type: ignore[arg-type]
-    return rid
-
-
-def vote(journal: Journal, rid: str, k: int, user: int, action: str = "add") -> None:
-    journal.append(VoteEvent(new_id(), rid, k, user, f"{k}", action, None, 7, 555))
-
-
-def moderate(journal: Journal, action: str, rid: str | None = None, user: int | None = None) -> None:
-    journal.append(ModerationAction(new_id(), action, MOD, rid, user, "test"))
-
-
-@pytest.fixture
-def log(journal: Journal, data_dir: Path) -> Rounds:
-    """The hand-built log; returns the round ids by name."""
-    r: dict[str, str] = {}
-    # lighthouse: ANN 1; BEN 1 (2 retracted); CAT 2; EVA "none is good"; DAN 3 but DAN later opts out.
-    r["lighthouse"] = add_round(journal, data_dir, "a lighthouse at dusk", ANN, T0)
-    for k, user, action in ((1, ANN, "add"), (1, BEN, "add"), (2, BEN, "add"), (2, BEN, "remove"),
-                            (2, CAT, "add"), (0, EVA, "add"), (3, DAN, "add")):
-        vote(journal, r["lighthouse"], k, user, action)
-    # fox (mentions ANN): ANN 3 (1 retracted), CAT 4, BEN 3 and 4 -> (3, 4) is a 1:1 tie.
-    r["fox"] = add_round(journal, data_dir, f"a red fox for <@{ANN}>", BEN, T0 + 10)
-    for k, user, action in ((1, ANN, "add"), (3, ANN, "add"), (1, ANN, "remove"), (4, CAT, "add"),
-                            (3, BEN, "add"), (4, BEN, "add")):
-        vote(journal, r["fox"], k, user, action)
-    # snowy: CAT refines lighthouse candidate 1 by inpainting; ANN and BEN pick 2.
-    r["snowy"] = add_round(journal, data_dir, "a lighthouse at dusk, snowy", CAT, T0 + 20,
-                           mode="inpaint", mask=True, parent_round_id=r["lighthouse"], parent_candidate=1,
-                           instruction=f"make it snowy like <@!{BEN}> said", plan='{"mode": "inpaint"}')
-    vote(journal, r["snowy"], 2, ANN)
-    vote(journal, r["snowy"], 2, BEN)
-    # harbour (channel 8): flagged, then unflagged -> exported.
-    r["harbour"] = add_round(journal, data_dir, "a harbour", ANN, T0 + 30, channel=8)
-    vote(journal, r["harbour"], 4, BEN)
-    moderate(journal, "flag", r["harbour"])
-    moderate(journal, "unflag", r["harbour"])
-    # storm: flagged -> only with include_flagged.
-    r["storm"] = add_round(journal, data_dir, "a storm", BEN, T0 + 40)
-    vote(journal, r["storm"], 1, ANN)
-    moderate(journal, "flag", r["storm"])
-    # gore: flagged, removed, unflagged -> never exported; nor its refinement.
-    r["gore"] = add_round(journal, data_dir, "something removed", ANN, T0 + 50)
-    vote(journal, r["gore"], 2, BEN)
-    for action in ("flag", "remove", "unflag"):
-        moderate(journal, action, r["gore"])
-    r["gore2"] = add_round(journal, data_dir, "more of it", BEN, T0 + 55, mode="img2img",
-                           parent_round_id=r["gore"], parent_candidate=2, instruction="more")
-    vote(journal, r["gore2"], 1, CAT)
-    # dan: DAN's own round, voted by ANN; DAN runs /forget-me at the end.
-    r["dan"] = add_round(journal, data_dir, "dan's secret", DAN, T0 + 60)
-    vote(journal, r["dan"], 1, ANN)
-    # quiet: nobody votes.
-    r["quiet"] = add_round(journal, data_dir, "a quiet field", CAT, T0 + 70)
-    moderate(journal, "forget_me", user=DAN)
-    return r
-
-
-def export(journal: Journal, data_dir: Path, tmp_path: Path, filters: ExportFilters | None = None,
-           formats: tuple[str, ...] = FORMATS, key: bytes = KEY) -> ExportResult:
-    return build_dataset(journal, data_dir, tmp_path / "export", formats, filters or ExportFilters(),
-                         Pseudonymiser(key), name="refinery-test")
-
-
-def rows(result: ExportResult, relative: str) -> list[dict]:
-    return pq.read_table(result.folder / relative).to_pylist()
-
-
-def exported_rounds(result: ExportResult) -> set[str]:
-    found = {row["round_id"] for row in rows(result, "ratings/train.parquet")}
-    found |= {row["round_id"] for row in rows(result, "edits/train.parquet")}
-    return found | {row["image_0_uid"].rsplit("-", 1)[0] for row in rows(result, "pairs/train-00000-of-00001.parquet")}
-
-
-def mentions(folder: Path, text: str) -> bool:
-    """Whether `text` is in any path or file under `folder`."""
-    return any(text in str(p) or (p.is_file() and text.encode() in p.read_bytes()) for p in folder.rglob("*"))
-
-
-P = Pseudonymiser(KEY).user
+from tests.storage.export_log import (
+    ANN,
+    BEN,
+    CAT,
+    COLOURS,
+    DAN,
+    EVA,
+    KEY,
+    T0,
+    USERS,
+    P,
+    Rounds,
+    export,
+    exported_rounds,
+    mentions,
+    rows,
+)
 
 
 def test_pseudonyms_are_keyed_hashes_stable_within_a_key() -> None:
@@ -151,12 +58,13 @@ def test_ratings_rows(journal: Journal, data_dir: Path, tmp_path: Path, log: Rou
     result = export(journal, data_dir, tmp_path)
     lh, fox, snowy, harbour = (log[k] for k in ("lighthouse", "fox", "snowy", "harbour"))
     expected = []
-    for rid, prompt, nets in ((lh, "a lighthouse at dusk", [1, 0, -1, -1]),
-                              (fox, f"a red fox for @{P(ANN)}", [0, 0, 2, 2]),
-                              (snowy, "a lighthouse at dusk, snowy", [0, 2, 0, 0]),
-                              (harbour, "a harbour", [0, 0, 0, 1])):
+    for rid, prompt, nets, mode in ((lh, "a lighthouse at dusk", [1, 0, -1, -1], "text2img"),
+                                    (fox, f"a red fox for @{P(ANN)}", [0, 0, 2, 2], "text2img"),
+                                    (snowy, "a lighthouse at dusk, snowy", [0, 2, 0, 0], "inpaint"),
+                                    (harbour, "a harbour", [0, 0, 0, 1], "text2img")):
         expected += [{"prompt": prompt, "path": f"images/{rid}/{k}.png", "rating": "good" if net > 0 else "bad",
-                      "round_id": rid, "candidate": k, "net_votes": net, "model_id": "tiny-sd", "seed": 10 + k}
+                      "round_id": rid, "candidate": k, "net_votes": net, "mode": mode, "model_id": "tiny-sd",
+                      "seed": 10 + k}
                      for k, net in enumerate(nets, start=1)]
     assert rows(result, "ratings/train.parquet") == expected
     assert result.counts["ratings"] == 16
@@ -169,7 +77,8 @@ def test_ratings_rows(journal: Journal, data_dir: Path, tmp_path: Path, log: Rou
 
 def test_pairs_load_with_datasets_and_follow_the_votes(journal: Journal, data_dir: Path, tmp_path: Path,
                                                        log: Rounds) -> None:
-    """Pick-a-Pic columns; the winner is image 0 with label_0 = its share of voters; ties are dropped."""
+    """Pick-a-Pic columns plus mode, round, voters, margin and share; label_0 names the winner's side; ties are
+    dropped; the inpainted round is not a pair (its caption is the reply)."""
     import datasets
 
     result = export(journal, data_dir, tmp_path, formats=("pairs",))
@@ -178,7 +87,8 @@ def test_pairs_load_with_datasets_and_follow_the_votes(journal: Journal, data_di
                                cache_dir=str(tmp_path / "hf-cache"))
     assert ds.column_names == ["caption", "jpg_0", "jpg_1", "label_0", "label_1", "image_0_uid", "image_1_uid",
                                "model_0", "model_1", "user_id", "ranking_id", "created_at", "are_different",
-                               "best_image_uid", "has_label"]
+                               "best_image_uid", "has_label", "mode", "round_id", "voters", "margin",
+                               "winner_share"]
     lh, fox = log["lighthouse"], log["fox"]
     # lighthouse: ANN, BEN pick 1, CAT picks 2 -> 1 beats 2 (2:1), 1 beats 3 and 4, 2 beats 3 and 4; 3-4 unranked.
     # fox: ANN 3, CAT 4, BEN 3+4 -> 3 and 4 beat 1 and 2 (2:0 each); 3-4 is a 1:1 tie, 1-2 unranked.
@@ -186,26 +96,31 @@ def test_pairs_load_with_datasets_and_follow_the_votes(journal: Journal, data_di
                 (f"{lh}-2", f"{lh}-3", 1.0), (f"{lh}-2", f"{lh}-4", 1.0),
                 (f"{fox}-3", f"{fox}-1", 1.0), (f"{fox}-3", f"{fox}-2", 1.0),
                 (f"{fox}-4", f"{fox}-1", 1.0), (f"{fox}-4", f"{fox}-2", 1.0)}
-    # The refinement "snowy" (ANN, BEN pick 2) and harbour (BEN picks 4) add 3 pairs each.
-    snowy, harbour = log["snowy"], log["harbour"]
-    expected |= {(f"{snowy}-2", f"{snowy}-{k}", 1.0) for k in (1, 3, 4)}
+    # harbour (BEN picks 4) adds 3 pairs; the inpainted refinement "snowy" none (see edit_pairs).
+    harbour = log["harbour"]
     expected |= {(f"{harbour}-4", f"{harbour}-{k}", 1.0) for k in (1, 2, 3)}
-    assert {(r["image_0_uid"], r["image_1_uid"], r["label_0"]) for r in ds} == expected
+
+    def winner_loser_share(row: dict) -> tuple[str, str, float]:
+        loser = row["image_1_uid"] if row["label_0"] == 1.0 else row["image_0_uid"]
+        return row["best_image_uid"], loser, row["winner_share"]
+
+    assert {winner_loser_share(r) for r in ds} == expected
     assert len(ds) == len(expected) == result.counts["pairs"]
-    requesters = {lh: ANN, fox: BEN, snowy: CAT, harbour: ANN}
     for row in ds:
         rid, k0 = row["image_0_uid"].rsplit("-", 1)
         k1 = int(row["image_1_uid"].rsplit("-", 1)[1])
-        assert row["label_0"] > 0.5 and row["label_0"] + row["label_1"] == 1  # no ties, image 0 wins
-        assert row["best_image_uid"] == row["image_0_uid"] and row["are_different"] and row["has_label"]
-        assert row["user_id"] == P(requesters[rid]) and row["model_0"] == row["model_1"] == "tiny-sd"
+        assert row["label_0"] in (0.0, 1.0) and row["label_0"] + row["label_1"] == 1
+        assert row["best_image_uid"] == (row["image_0_uid"] if row["label_0"] == 1.0 else row["image_1_uid"])
+        assert row["are_different"] and row["has_label"] and row["mode"] == "text2img" and row["round_id"] == rid
+        assert row["margin"] == round(row["voters"] * (2 * row["winner_share"] - 1)) > 0
+        assert row["user_id"] is None and row["model_0"] == row["model_1"] == "tiny-sd"
         assert row["ranking_id"] == int(rid, 16)
         for column, k in (("jpg_0", int(k0)), ("jpg_1", k1)):
             with Image.open(io.BytesIO(row[column])) as image:
                 assert image.format == "JPEG"
                 pixel = image.convert("RGB").getpixel((8, 8))
             assert all(abs(a - b) < 8 for a, b in zip(pixel, COLOURS[k], strict=True)), (column, pixel)
-    fox_row = next(r for r in ds if r["image_0_uid"].startswith(fox))
+    fox_row = next(r for r in ds if r["round_id"] == fox)
     assert fox_row["caption"] == f"a red fox for @{P(ANN)}"
     assert fox_row["created_at"] == datetime.fromtimestamp(T0 + 10, UTC).replace(tzinfo=None)  # naive UTC
 
@@ -239,8 +154,9 @@ def test_export_pseudonyms_follow_the_key(journal: Journal, data_dir: Path, tmp_
 
 
 def test_edits_rows(journal: Journal, data_dir: Path, tmp_path: Path, log: Rounds) -> None:
-    """A refinement gives its parent image, instruction, mask and voted results; a removed parent's child none."""
-    result = export(journal, data_dir, tmp_path, formats=("edits",))
+    """A refinement gives its parent image, instruction, mask and voted results; a removed parent's child none;
+    edit_pairs carries the source image, the instruction, two results and the label."""
+    result = export(journal, data_dir, tmp_path, formats=("edits", "edit_pairs"))
     lh, snowy = log["lighthouse"], log["snowy"]
     assert rows(result, "edits/train.parquet") == [{
         "round_id": snowy, "parent_round_id": lh, "parent_candidate": 1, "source_image": f"images/{lh}/1.png",
@@ -250,6 +166,16 @@ def test_edits_rows(journal: Journal, data_dir: Path, tmp_path: Path, log: Round
         "plan": '{"mode": "inpaint"}'}]
     for relative in (f"images/{lh}/1.png", f"images/{snowy}/mask.png", f"images/{snowy}/4.png"):
         assert (result.folder / relative).read_bytes() == (data_dir / relative).read_bytes()
+    pairs = rows(result, "edit_pairs/train-00000-of-00001.parquet")
+    assert sorted((r["best_image_uid"], r["voters"], r["margin"]) for r in pairs) == [
+        (f"{snowy}-2", 2, 2)] * 3  # ANN and BEN picked 2 over 1, 3 and 4
+    for row in pairs:
+        assert row["instruction"] == f"make it snowy like @{P(BEN)} said" and row["mode"] == "inpaint"
+        assert row["source_image_uid"] == f"{lh}-1"
+        assert row["mask_png"] == (data_dir / f"images/{snowy}/mask.png").read_bytes()
+        winner = row["jpg_0"] if row["label_0"] == 1.0 else row["jpg_1"]
+        with Image.open(io.BytesIO(winner)) as image:
+            assert all(abs(a - b) < 8 for a, b in zip(image.convert("RGB").getpixel((8, 8)), COLOURS[2], strict=True))
 
 
 def test_flagged_only_on_request_and_removed_never(journal: Journal, data_dir: Path, tmp_path: Path,
@@ -282,7 +208,8 @@ def test_no_raw_user_id_in_any_file(journal: Journal, data_dir: Path, tmp_path: 
     """Neither the decimal text nor the int64 bytes of any user id appear in any exported file."""
     result = export(journal, data_dir, tmp_path, filters=ExportFilters(excluded_users=frozenset({EVA})))
     files = [p for p in result.folder.rglob("*") if p.is_file()]
-    assert sorted(files) == result.files and len(files) == 24  # 16 images, a mask, 5 tables, 2 cards
+    # 16 images, a mask, 8 tables (ratings twice), 12 kto images (3 text-to-image rounds), 2 cards
+    assert sorted(files) == result.files and len(files) == 39
     for path in files:
         data = path.read_bytes()
         for user in USERS:
@@ -323,10 +250,13 @@ def test_card_export_json_and_progress(journal: Journal, data_dir: Path, tmp_pat
     assert calls == [(i, 9) for i in range(1, 10)]  # every round in the log, exported or not
     meta = json.loads((result.folder / "export.json").read_text())
     assert meta["name"] == "refinery-test" and meta["formats"] == list(FORMATS)
-    assert meta["counts"] == result.counts == {"ratings": 16, "pairs": 15, "rankings": 8, "edits": 1}
+    assert meta["counts"] == result.counts == {"ratings": 16, "pairs": 12, "voter_pairs": 22, "rankings": 8,
+                                               "kto": 12, "edits": 1, "edit_pairs": 3}
     assert meta["filters"]["min_votes"] == 1 and meta["users_opted_out"] == 1
+    assert meta["rounds"] == 4  # the rounds that gave rows, not every round looked at
     card = (result.folder / "README.md").read_text()
-    assert card.startswith("# refinery-test") and "pseudonym" in card
+    assert card.startswith("---\nconfigs:\n") and "\n# refinery-test\n" in card and "pseudonym" in card
+    assert "4 rounds gave rows" in card and "1 user who ran /forget-me" in card and "1 users" not in card
     for fmt, count in result.counts.items():
         assert f"| {fmt} |" in card and f"| {count} |" in card
     for column in ("best_image_uid", "label_0", "net_votes", "result_votes", "source_image"):
