@@ -21,9 +21,9 @@ Exactly once across crashes:
 - Every commit names the journal it came from ("journal <id>"); a different journal may only be
   adopted if it holds no seq the repository already has (new seqs are then numbered above it).
 
-Dataset exports asked for by the bot (request files, see storage.export_branches) are committed
-between group commits, each on its own branch `exports/<name>`; the writer then returns to the main
-branch, and a writer that died on an export branch returns to it on start.
+Trained adapters asked for by `refinery train` (request files, see storage.model_branches) are
+committed between group commits, each on its own branch `models/<name>`; the writer then returns to
+the main branch, and a writer that died on a model branch returns to it on start.
 
 `WriterSettings`, the exit codes and the status and flush files are in storage.writer_settings; the
 shard schema and commit message in storage.oxen_format; the bot's supervisor in
@@ -49,7 +49,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
-from storage import export_branches
+from storage import model_branches
 from storage.journal import Journal, JournalEvent
 from storage.oxen_format import commit_message, write_shard
 from storage.oxen_repo import OxenError, OxenRepository
@@ -62,7 +62,7 @@ PAUSE_ENV = "REFINERY_WRITER_PAUSE_AT"  # test hook: after_write | after_add | a
 _RANGE = re.compile(r"^refinery: .*\(events (\d+)-(\d+)\)$")  # a commit's first line
 _JOURNAL_LINE = re.compile(r"^journal ([0-9a-f]+)$", re.MULTILINE)
 _SHARD = re.compile(r"^(\d{12})-(\d{12})\.parquet$")
-_NOT_IMAGES = ("tables", ".oxen", "exports")  # the writer's own folders: a round's file never goes there
+_NOT_IMAGES = ("tables", ".oxen", "models")  # the writer's own folders: a round's file never goes there
 
 
 class WriterConfigError(Exception):
@@ -95,7 +95,7 @@ class OxenWriter:
         self._next_push_at = 0.0
         self._pushed_through = -1
         self._remote_ready = False
-        self._unpushed_branches: set[str] = set()  # export branches still to push (remote configured)
+        self._unpushed_branches: set[str] = set()  # model branches still to push (remote configured)
 
     def write_status(self, state: str, **changes: Any) -> None:
         self.status.update(changes, state=state, updated_at=time.time(), committed_through_seq=self.hwm)
@@ -114,9 +114,9 @@ class OxenWriter:
     def recover(self) -> None:
         """Bring journal, staging area and working tree in line with the repository's history."""
         branch = self.repo.current_branch()
-        if branch and branch.startswith(export_branches.BRANCH_PREFIX):  # died mid-export
-            log.warning("repository was left on %s: back to %s", branch, export_branches.MAIN_BRANCH)
-            export_branches.return_to(self.repo, export_branches.MAIN_BRANCH)
+        if branch and branch.startswith(model_branches.BRANCH_PREFIX):  # died mid-commit of a model
+            log.warning("repository was left on %s: back to %s", branch, model_branches.MAIN_BRANCH)
+            model_branches.return_to(self.repo, model_branches.MAIN_BRANCH)
         hwm, commit_id, journal_id = self.high_water_mark()
         self.hwm = hwm
         if journal_id is not None and journal_id != self.journal.journal_id:
@@ -225,35 +225,35 @@ class OxenWriter:
         self.write_status("running", push_failures=0, next_push_at=self._next_push_at,
                           last_push={"ok": True, "time": now, "error": None, "through_seq": self.hwm})
 
-    def commit_exports(self) -> None:
-        """Answer every export request: its branch and commit, or the error. A panic propagates (the
+    def commit_models(self) -> None:
+        """Answer every model request: its branch and commit, or the error. A panic propagates (the
         request stays and a fresh process takes it again)."""
         if self.repo.last_commit() is None:
             return  # nothing to branch from yet: the flush the request caused commits first
-        home = self.repo.current_branch() or export_branches.MAIN_BRANCH
-        for request in export_branches.pending_requests(self.settings.data_dir):
+        home = self.repo.current_branch() or model_branches.MAIN_BRANCH
+        for request in model_branches.pending_requests(self.settings.data_dir):
             name = request.name.removesuffix(".json")
             try:
-                if not export_branches.NAME.match(name):
-                    raise ValueError(f"bad export name {name!r}")
+                if not model_branches.NAME.match(name):
+                    raise ValueError(f"bad model name {name!r}")
                 folder = Path(json.loads(request.read_text())["folder"])
-                outcome = export_branches.commit_export(self.repo, name, folder)
+                outcome = model_branches.commit_model(self.repo, name, folder)
             except OxenError as error:
                 if error.panic:
                     raise
                 outcome = {"name": name, "error": str(error)}
-                # Group commits must never land on an export branch: if this fails too, run() exits and
+                # Group commits must never land on a model branch: if this fails too, run() exits and
                 # the fresh process's recover() goes back.
-                export_branches.return_to(self.repo, home)
-            except (OSError, ValueError, KeyError) as error:  # a missing or unfinished export folder
+                model_branches.return_to(self.repo, home)
+            except (OSError, ValueError, KeyError) as error:  # a missing or unfinished adapter folder
                 outcome = {"name": name, "error": f"{type(error).__name__}: {error}"}
             if "error" in outcome:
-                log.error("export %s not committed: %s", name, outcome["error"])
+                log.error("model %s not committed: %s", name, outcome["error"])
             elif self.settings.remote:
                 self._unpushed_branches.add(outcome["branch"])
                 self.maybe_push(force=True)
                 outcome["pushed"] = outcome["branch"] not in self._unpushed_branches
-            export_branches.answer(request, outcome)
+            model_branches.answer(request, outcome)
 
     def run(self, stop: threading.Event) -> int:
         s = self.settings
@@ -267,12 +267,12 @@ class OxenWriter:
             flush = flush_file.exists()
             if flush:
                 flush_file.unlink(missing_ok=True)
-            exports = bool(export_branches.pending_requests(s.data_dir))  # they flush: branch from the latest
+            models = bool(model_branches.pending_requests(s.data_dir))  # they flush: branch from the latest
             count, oldest = self.journal.pending_after(self.hwm)
             if target is not None and self.hwm >= target:
                 count = 0
             waited = time.time() - (oldest or time.time())
-            due = count > 0 and (s.once or flush or exports or count >= s.batch or waited >= s.interval_s)
+            due = count > 0 and (s.once or flush or models or count >= s.batch or waited >= s.interval_s)
             if due:
                 try:
                     self.commit_batch()
@@ -293,12 +293,12 @@ class OxenWriter:
                     stop.wait(min(30.0, 2.0**failures))
                     self.recover()
                     continue
-            if exports:  # right after the batch too, so a steady stream of events cannot starve them
+            if models:  # right after the batch too, so a steady stream of events cannot starve them
                 try:
-                    self.commit_exports()
-                except OxenError as error:  # a panic, or stuck on an export branch: a fresh process recovers
+                    self.commit_models()
+                except OxenError as error:  # a panic, or stuck on a model branch: a fresh process recovers
                     self.write_status("error", last_error={"time": time.time(), "message": str(error)})
-                    log.error("export commit failed, exiting for a restart: %s", error)
+                    log.error("model commit failed, exiting for a restart: %s", error)
                     return EXIT_RETRY
             if due:
                 continue

@@ -3,7 +3,7 @@
 An Oxen repository stays locked by the process that opened it until that process exits, so tests
 that keep a bot (and its writer) running read the repository through `committed_rows`, which runs
 this module as a child process: it restores tables/ from HEAD into a scratch copy and prints JSON.
-With a branch, the copy checks that branch out first (e.g. an export branch, `exports/<name>`).
+With a branch, the copy checks that branch out first (e.g. an adapter's branch, `models/<name>`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 def committed_rows(repo: Path, branch: str | None = None) -> dict[str, Any]:
     """{"tables": {kind: [row, ...]}, "images": [path, ...], "log": [message, ...], "branch": name,
-    "exports": {path: sha256}} of HEAD, or of `branch`'s head."""
+    "models": {path: sha256}} of HEAD, or of `branch`'s head."""
     done = subprocess.run([sys.executable, "-m", "tests.oxen_reader", str(repo), *([branch] if branch else [])],
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stderr
@@ -65,7 +65,7 @@ def _read(repo_path: Path, branch: str | None = None) -> dict[str, Any]:
         repo = OxenRepository(copy).open_or_init()
         if branch is not None:
             repo.checkout(branch)
-        for folder in ("tables", "images", "exports"):
+        for folder in ("tables", "images", "models"):
             shutil.rmtree(copy / folder, ignore_errors=True)
             try:
                 repo.restore(folder)
@@ -76,11 +76,11 @@ def _read(repo_path: Path, branch: str | None = None) -> dict[str, Any]:
         for shard in sorted((copy / "tables").glob("*/*.parquet")):
             tables.setdefault(shard.parent.name, []).extend(pq.read_table(shard).to_pylist())
         images = sorted(p.relative_to(copy).as_posix() for p in (copy / "images").rglob("*.png"))
-        exports = {p.relative_to(copy).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-                   for p in sorted((copy / "exports").rglob("*")) if p.is_file()}
+        models = {p.relative_to(copy).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                  for p in sorted((copy / "models").rglob("*")) if p.is_file()}
         log = [getattr(c, "message", str(c)) for c in repo.log()]
         current = repo.current_branch()
-    return {"tables": tables, "images": images, "log": log, "branch": current, "exports": exports}
+    return {"tables": tables, "images": images, "log": log, "branch": current, "models": models}
 
 
 if __name__ == "__main__":

@@ -139,7 +139,7 @@ async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, s
         repo = app.config.oxen_repo_path
 
     main = committed_rows(repo)
-    assert main["branch"] == "main" and not main["exports"]
+    assert main["branch"] == "main" and not main["models"]
     assert main["log"][0].startswith("refinery: ") and not any("refinery export" in m for m in main["log"])
     assert (world.alice, 3, "add") in [(v["user_id"], v["candidate"], v["action"]) for v in main["tables"]["votes"]]
     assert {r["round_id"] for r in main["tables"]["rounds"]} == {a, b, c}
