@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from storage.model_branches import commit_outcome, request_commit, requests_dir
 from storage.journal import Journal
+from storage.model_branches import commit_outcome, request_commit, requests_dir
 from storage.writer_settings import EXIT_OK, WriterSettings
 from tests.oxen_reader import committed_rows
 from tests.storage.conftest import ROOT, writer_env
