@@ -42,7 +42,9 @@ class RefineryBot(commands.Bot):
             intents=intents,
             help_command=None,
             guild_ready_timeout=config.discord.guild_ready_timeout_s,
-            allowed_mentions=discord.AllowedMentions(everyone=False, roles=False, users=True),
+            # Echoed user text (prompts, instructions) must never ping anyone: nothing is parsed as a
+            # mention unless a send names the one user it pings (render.pinging).
+            allowed_mentions=discord.AllowedMentions.none(),
         )
         self.config = config
         self.service = service

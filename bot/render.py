@@ -74,5 +74,11 @@ def queue_text(entries: list[JobListing]) -> str:
     return _clip("\n".join(lines), MAX_CONTENT)
 
 
+def pinging(user_id: int) -> discord.AllowedMentions:
+    """Mentions for a message that pings one user (the requester) and nobody its text may name."""
+    return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(user_id)],
+                                   replied_user=False)
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import render
 from bot.client import RefineryBot
 from bot.permissions import Action
 from cogs.members import member_of
@@ -111,7 +112,7 @@ class Moderation(commands.Cog):
                 log.exception("could not delete message %s of round %s", message_id, found.round_id)
         try:
             await channel.send(f"<@{found.requester_id}> a moderator removed your round `{found.round_id}`.",
-                               allowed_mentions=discord.AllowedMentions(users=True))
+                               allowed_mentions=render.pinging(found.requester_id))
         except discord.HTTPException:
             log.exception("could not tell user %s that round %s was removed", found.requester_id, found.round_id)
 

@@ -86,6 +86,8 @@ class Queue(commands.Cog):
         async def edit(**fields: Any) -> discord.Message:
             if "content" in fields:
                 fields["content"] = mention[0] + (fields["content"] or "")
+            if mention[0]:
+                fields["allowed_mentions"] = render.pinging(ticket.origin.user_id)
             try:
                 message = await target[0].edit(**fields)
             except (discord.NotFound, discord.Forbidden) as exc:
@@ -95,6 +97,7 @@ class Queue(commands.Cog):
                 for file in files:
                     file.reset()  # the failed edit already read them to the end
                 fields["content"] = mention[0] + (fields.get("content") or "")
+                fields["allowed_mentions"] = render.pinging(ticket.origin.user_id)  # the requester only
                 message = await channel.send(**fields, files=files)
             target[0] = message
             return message

@@ -21,6 +21,7 @@ What it reproduces, because bots get these wrong against the real thing: the exa
 blank unless they mention the bot); one callback per interaction (40060), follow-ups only after it,
 the first follow-up after a "thinking" defer completing that message (and keeping its visibility);
 message limits (2000 characters, 10 files, 10 MiB, 5 rows of 5 components, unique custom ids);
+`allowed_mentions` (a bot message's `mentions` lists exactly the users it pings);
 uploaded filenames sanitised (spaces → `_`); edits only of the bot's own messages; command
 registration rules. It never rate-limits and does not buffer events while the bot is disconnected
 (RESUME continues the sequence, replaying nothing).

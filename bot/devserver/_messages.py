@@ -77,6 +77,34 @@ def validate_components(components: list[JSON], flags: int) -> None:
         seen.add(custom_id)
 
 
+def resolve_mentions(world: GuildWorld, message: JSON, allowed: JSON | None, replied_author: int | None) -> None:
+    """Discord's `allowed_mentions`: only the mentions it allows are parsed, and only those notify.
+
+    `message["mentions"]` then lists exactly the users the message pings (tests read it as such).
+    Without `allowed_mentions` every mention in the content is parsed and a reply pings its author.
+    """
+    content = str(message.get("content") or "")
+    users, roles = world.mentioned_users(content), world.mentioned_roles(content)
+    everyone = "@everyone" in content or "@here" in content
+    replied = True
+    if allowed is not None:
+        parse = set(allowed.get("parse") or [])
+        if "users" in parse and allowed.get("users"):
+            raise invalid_form("allowed_mentions", "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
+                               'parse:["users"] and users: [ids] are mutually exclusive.')
+        listed_users = {int(u) for u in allowed.get("users") or []}
+        listed_roles = {str(r) for r in allowed.get("roles") or []}
+        users = users if "users" in parse else [u for u in users if u in listed_users]
+        roles = roles if "roles" in parse else [r for r in roles if r in listed_roles]
+        everyone = everyone and "everyone" in parse
+        replied = bool(allowed.get("replied_user", False))
+    if replied_author is not None and replied:
+        users = [replied_author, *(u for u in users if u != replied_author)]
+    message["mentions"] = [world.users[u].payload() for u in users if u in world.users]
+    message["mention_roles"] = roles
+    message["mention_everyone"] = everyone
+
+
 def iter_components(node: Any) -> list[JSON]:
     """Every component in a (possibly nested, components v2) tree, depth first."""
     found: list[JSON] = []
@@ -147,15 +175,13 @@ def create_bot_message(
     """Validate the bot's payload and store the message it describes."""
     validate_payload(payload, files, creating=True)
     reply_to: int | None = None
-    mentions: list[int] = []
+    replied_author: int | None = None
     reference = payload.get("message_reference")
     if reference and reference.get("message_id"):
         replied_id = int(reference["message_id"])
         if replied_id in world.messages:
             reply_to = replied_id
-            allowed = payload.get("allowed_mentions") or {}
-            if allowed.get("replied_user", True):
-                mentions.append(int(world.messages[replied_id]["author"]["id"]))
+            replied_author = int(world.messages[replied_id]["author"]["id"])
         elif reference.get("fail_if_not_exists", True):
             raise invalid_form("message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message")
     attachments = merge_attachments(world, channel_id, payload.get("attachments"), files, [])
@@ -168,10 +194,10 @@ def create_bot_message(
         components=payload.get("components") or [],
         flags=(int(payload.get("flags") or 0) & allowed_flags) | extra_flags,
         reply_to=reply_to,
-        mentions=mentions,
         message_type=message_type,
         extra=extra,
     )
+    resolve_mentions(world, message, payload.get("allowed_mentions"), replied_author)
     if payload.get("nonce") is not None:
         message["nonce"] = payload["nonce"]
     return message
@@ -183,8 +209,7 @@ def edit_message(world: GuildWorld, message: JSON, payload: JSON, files: list[Up
     channel_id = int(message["channel_id"])
     if "content" in payload:
         message["content"] = payload["content"] or ""
-        message["mentions"] = [world.users[u].payload() for u in world.mentioned_users(message["content"])]
-        message["mention_roles"] = world.mentioned_roles(message["content"])
+        resolve_mentions(world, message, payload.get("allowed_mentions"), None)
     if "components" in payload:
         message["components"] = payload["components"] or []
     if payload.get("flags") is not None:

@@ -133,3 +133,21 @@ async def test_an_unexpected_failure_still_answers_the_acknowledgement(world: Wo
                                    timeout=30)
         assert interaction.original["attachments"] == [] and not interaction.original.get("components")
         assert (await app.journal.stats()).by_kind.get("errors") == 1
+
+
+async def test_echoed_prompts_ping_nobody(world: World, start_bot) -> None:
+    """A prompt naming users or @everyone is echoed (acknowledgement, progress, round) and pings nobody."""
+    carol = world.server.add_user("carol")
+    async with start_bot():
+        sent = await world.server.send_message(world.imagine, world.alice,
+                                               f"a portrait of <@{world.bob}> and <@!{carol}> @everyone")
+        echoed = await world.server.wait_for_message(
+            lambda m: m.get("message_reference", {}).get("message_id") == sent["id"]
+            and len(m["attachments"]) == 4, timeout=60)
+        slash = await world.server.invoke_slash("imagine", {"prompt": f"<@{world.bob}> as a knight"},
+                                                user_id=world.alice, channel_id=world.imagine)
+        await slash.wait_for(lambda i: bool(i.original and len(i.original["attachments"]) == 4), timeout=60)
+    assert f"<@{world.bob}>" in echoed["content"] and f"<@{world.bob}>" in slash.original["content"]
+    pinged = [(m["content"][:40], m["mentions"], m["mention_everyone"])
+              for m in bot_messages(world, world.imagine) if m["mentions"] or m["mention_everyone"]]
+    assert pinged == []

@@ -73,8 +73,9 @@ async def test_remove_emoji_by_a_moderator_deletes_the_round(world: World, start
         msg_id, round_id = await make_round(world, app, world.alice, "a red fox")
         await world.server.add_reaction(world.imagine, msg_id, world.bob, "🚫")
         await world.server.add_reaction(world.imagine, msg_id, owner, "🚫")
-        await world.server.wait_for_message(lambda m: f"<@{world.alice}>" in m["content"]
-                                            and round_id in m["content"])
+        told = await world.server.wait_for_message(lambda m: f"<@{world.alice}>" in m["content"]
+                                                   and round_id in m["content"])
+        assert [u["id"] for u in told["mentions"]] == [str(world.alice)], "the requester is pinged"
         assert msg_id not in {int(m["id"]) for m in world.server.channel_messages(world.imagine)}
         (removed,) = [e.record for e in await app.journal.events("moderation")]
         assert (removed.action, removed.moderator_id, removed.round_id) == ("remove", owner, round_id)

@@ -118,6 +118,7 @@ async def test_jobs_queued_before_a_restart_are_answered_after_it(world: World, 
                 lambda m: f"<@{world.bob}>" in m["content"] and len(m["attachments"]) == 4, timeout=90)
             await world.server.wait_for_request(lambda r: r.method == "PUT" and "4️⃣" in r.path
                                                 and anew["id"] in r.path)
+            assert [u["id"] for u in anew["mentions"]] == [str(world.bob)], "it pings the requester only"
             bob_round = await app.journal.round_for_message(int(anew["id"]))
             assert bob_round is not None and (bob_round.prompt, bob_round.requester_id) == ("a windmill", world.bob)
             for attachment in anew["attachments"]:  # the re-sent files are whole PNGs, not empty reads
