@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 
+from bot.discord_limits import fit
+
 log = logging.getLogger(__name__)
 
 
@@ -70,6 +72,6 @@ class Interrupted(RefineryError):
 def user_message(error: BaseException) -> str:
     """The one mapping from an exception to what the user reads. Unexpected errors are logged in full."""
     if isinstance(error, RefineryError):
-        return f"⚠️ {error.user_message}"
+        return fit(f"⚠️ {error.user_message}")  # messages quote user input, which may be any length
     log.error("unexpected error shown to a user as a generic failure", exc_info=error)
     return "⚠️ Something went wrong on our side. It has been logged; please try again."

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, replace
 
 from bot.config import Config
+from bot.discord_limits import shown
 from bot.errors import InvalidInput
 from pipeline.masks import UnreadableMask, read_user_mask
 from pipeline.planner import Plan, fallback_to_conditioning
@@ -74,7 +75,7 @@ def refinement_for_plan(parent: Round, plan: Plan, candidate: int | None, why: s
         prompt = fallback_to_conditioning(plan, parent.prompt).prompt
         seeds = consecutive_seeds(plan.seed, count) if plan.seed is not None else parent.seeds
         request = GenerationRequest(prompt=prompt, seeds=seeds, mode=Mode.TEXT, **common)
-        summary = f"remixing all four with {plan.instruction!r} ({why})"
+        summary = f"remixing all four with '{shown(plan.instruction, 200)}' ({why})"
         return Refinement(parent, None, replace(plan, mode=Mode.TEXT, prompt=prompt), request,
                           _with_notes(summary, notes), "reply")
     if candidate_png is None:

@@ -7,15 +7,30 @@ import io
 import discord
 
 from bot.config import Config
+from bot.discord_limits import MAX_CONTENT, clip, fit, shown
 from pipeline.jobs import JobListing, JobState, JobStatus
 from storage.records import Round
 
-MAX_CONTENT = 2000  # Discord's message length limit
+
+def prompt_ack(prompt: str) -> str:
+    """The first answer to a prompt sent as a message, before the queue has placed it."""
+    return fit(f"🎨 **{shown(prompt, 200)}**\n⏳ queued…")
 
 
-def status_text(status: JobStatus, prompt: str, cancel_emoji: str | None = None) -> str:
-    """The acknowledgement, edited as the job moves: position and ETA, then step progress."""
-    head = f"🎨 **{_clip(prompt, 200)}**\n"
+def refine_ack(summary: str) -> str:
+    """The first answer to a reply that refines a round: what will be done."""
+    return fit(f"🔧 {clip(summary, 600)}\n⏳ queued…")
+
+
+def status_text(status: JobStatus, prompt: str, cancel_emoji: str | None = None, note: str | None = None) -> str:
+    """The acknowledgement, edited as the job moves: position and ETA, then step progress (after the
+    refinement's `note`, if any)."""
+    return fit(f"{clip(note, 600)}\n{_status_text(status, prompt, cancel_emoji)}" if note
+               else _status_text(status, prompt, cancel_emoji))
+
+
+def _status_text(status: JobStatus, prompt: str, cancel_emoji: str | None) -> str:
+    head = f"🎨 **{shown(prompt, 200)}**\n"
     hint = f" · react {cancel_emoji} to cancel" if cancel_emoji else ""
     note = f"\n⏱️ {status.note}" if status.note else ""
     if status.state is JobState.QUEUED:
@@ -38,12 +53,12 @@ def round_text(record: Round, config: Config, note: str | None = None) -> str:
     if record.parent_round_id:
         which = f" #{record.parent_candidate}" if record.parent_candidate else ""
         lines.append(f"↳ refined from round `{record.parent_round_id}`{which}: "
-                     f"'{_clip(record.instruction or '', 200)}'")
+                     f"'{shown(record.instruction or '', 200)}'")
     if note:
         lines.append(f"🔧 {_clip(note, 300)}")
-    lines.append(f"🎨 **{_clip(record.prompt, 600)}**")
+    lines.append(f"🎨 **{shown(record.prompt, 600)}**")
     if record.negative_prompt:
-        lines.append(f"🚫 {_clip(record.negative_prompt, 300)}")
+        lines.append(f"🚫 {shown(record.negative_prompt, 300)}")
     lines.append(f"seeds: {seeds}")
     lines.append(f"{record.steps} steps · guidance {record.guidance:g} · {record.width}×{record.height} · "
                  f"model `{_clip(record.model_id, 80)}` · round `{record.round_id}`")
@@ -68,7 +83,7 @@ def queue_text(entries: list[JobListing]) -> str:
         where = (f"running, step {status.step}/{status.total_steps}" if status.state is JobState.RUNNING
                  else f"#{status.position}" + (f", about {status.eta_s:.0f} s" if status.eta_s is not None else ""))
         lines.append(f"`{entry.job_id}` <@{entry.user_id}> — {where} — waited {entry.waited_s:.0f} s — "
-                     f"{_clip(entry.prompt, 60)}")
+                     f"{shown(entry.prompt, 60)}")
     if len(entries) > 20:
         lines.append(f"… and {len(entries) - 20} more")
     return _clip("\n".join(lines), MAX_CONTENT)
@@ -81,4 +96,4 @@ def pinging(user_id: int) -> discord.AllowedMentions:
 
 
 def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return clip(text, limit)

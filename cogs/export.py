@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.client import RefineryBot
+from bot.discord_limits import fit
 from bot.moderation import ATTACH_LIMIT_BYTES, ExportSummary
 from bot.permissions import Action
 from cogs.members import member_of
@@ -34,7 +35,7 @@ def export_text(summary: ExportSummary) -> str:
     if summary.archive is None:
         lines.append(f"The zipped export is over {ATTACH_LIMIT_BYTES / 1e6:.0f} MB: take it from the folder "
                      "or push its Oxen repository.")
-    return "\n".join(lines)
+    return fit("\n".join(lines))
 
 
 class Export(commands.Cog):

@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot import render
 from bot.client import RefineryBot
 from bot.errors import RefineryError
 from bot.options import PromptInput, parse_message
@@ -70,7 +71,7 @@ class Imagine(commands.Cog):
             text = await self.service.report_error(exc, user_id=origin.user_id, channel_id=origin.channel_id)
             await message.reply(text, mention_author=False)
             return
-        ack = await message.reply(f"🎨 **{prompt[:200]}**\n⏳ queued…", mention_author=False)
+        ack = await message.reply(render.prompt_ack(prompt), mention_author=False)
         await run_and_post(self.bot, origin, request.prompt,
                            lambda show: self.service.imagine(request, origin, show, ack_message_id=ack.id), ack.edit)
 

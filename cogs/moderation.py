@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.client import RefineryBot
+from bot.discord_limits import fit
 from bot.permissions import Action
 from cogs.members import member_of
 from storage.records import ModerationAction, Round
@@ -62,7 +63,7 @@ class Moderation(commands.Cog):
     async def banned_list(self, interaction: discord.Interaction) -> None:
         phrases = await self.service.banned_list(member_of(interaction.user, interaction.permissions))
         text = "\n".join(f"• `{p}`" for p in phrases) or "No phrases are banned."
-        await interaction.response.send_message(text[:1900], ephemeral=True)
+        await interaction.response.send_message(fit(text), ephemeral=True)
 
     @app_commands.command(name="remove", description="Moderators: delete a round's message and drop it from exports")
     @app_commands.describe(round="The round id (shown under the round) or its message id")
@@ -78,7 +79,7 @@ class Moderation(commands.Cog):
     async def modlog(self, interaction: discord.Interaction) -> None:
         events = await self.service.modlog(member_of(interaction.user, interaction.permissions))
         text = "\n".join(modlog_line(e) for e in events) or "No moderation events yet."
-        await interaction.response.send_message(text[:1990], ephemeral=True,
+        await interaction.response.send_message(fit(text), ephemeral=True,
                                                 allowed_mentions=discord.AllowedMentions.none())
 
     @commands.Cog.listener()

@@ -12,6 +12,7 @@ import re
 import discord
 from discord.ext import commands
 
+from bot import render
 from bot.client import RefineryBot, send_ephemeral
 from bot.errors import InvalidInput, RefineryError
 from bot.tickets import Origin
@@ -46,7 +47,7 @@ class Refine(commands.Cog):
             reply = await self.service.report_error(exc, user_id=origin.user_id, channel_id=origin.channel_id)
             await message.reply(reply, mention_author=False)
             return
-        ack = await message.reply(f"🔧 {refinement.summary}\n⏳ queued…", mention_author=False)
+        ack = await message.reply(render.refine_ack(refinement.summary), mention_author=False)
         await run_and_post(self.bot, origin, refinement.request.prompt,
                            lambda show: self.service.refine(refinement, origin, show, message_id=message.id,
                                                             ack_message_id=ack.id),

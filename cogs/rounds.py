@@ -124,8 +124,8 @@ async def _run_and_post(bot: RefineryBot, origin: Origin, prompt: str, make_roun
                         note: str | None) -> discord.Message | None:
 
     async def show(status: JobStatus) -> None:
-        text = render.status_text(status, prompt, bot.config.queue.cancel_emoji)
-        await edit(content=f"{note}\n{text}" if note else text, view=cancel_view(status))
+        text = render.status_text(status, prompt, bot.config.queue.cancel_emoji, note)
+        await edit(content=text, view=cancel_view(status))
 
     try:
         finished = await make_round(show)

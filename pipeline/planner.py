@@ -63,12 +63,19 @@ class Plan:
         """A short phrase for the user: "inpainting 'the sky' with 'a sunset'"."""
         if self.mode is Mode.INPAINT:
             removal = self.prompt == REMOVAL_PROMPT
-            return f"inpainting {self.region!r} " + ("to remove it" if removal else f"with {self.prompt!r}")
+            return f"inpainting {_quote(self.region)} " + ("to remove it" if removal else f"with {_quote(self.prompt)}")
         if self.mode is not Mode.IMAGE or self.explicit:
-            return f"{'an instruction edit' if self.mode is Mode.INSTRUCT else 'a new prompt'}: {self.prompt!r}"
+            return f"{'an instruction edit' if self.mode is Mode.INSTRUCT else 'a new prompt'}: {_quote(self.prompt)}"
         added = _analyse(self.instruction).caption
-        text = f"conditioning: adds {added!r}" if added else "conditioning: same prompt"
-        return f"{text}, avoiding {self.negative!r}" if self.negative else text
+        text = f"conditioning: adds {_quote(added)}" if added else "conditioning: same prompt"
+        return f"{text}, avoiding {_quote(self.negative)}" if self.negative else text
+
+
+def _quote(text: str | None, limit: int = 200) -> str:
+    """User text quoted for the user: not repr(), which turns each invisible character into six
+    visible ones (a reply padded with zero-width spaces made the answer too long for Discord)."""
+    visible = "".join(c for c in text or "" if c.isprintable() or c in " \u200d")
+    return "'" + (visible if len(visible) <= limit else visible[: limit - 1] + "…") + "'"
 
 
 def plan_refinement(text: str, parent_prompt: str, *, candidates: int = 4, max_length: int = 500,

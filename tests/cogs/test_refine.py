@@ -190,3 +190,12 @@ async def test_buttons_for_the_requester_only_refuse_others(world: World, start_
         assert "Only the person who asked for this round" in response["data"]["content"]
         own = await world.server.click_button(int(parent["id"]), f"rf:reroll:{rid}", user_id=world.alice)
         await own.wait_for(lambda i: bool(i.original and len(i.original["attachments"]) == 4), timeout=60)
+
+
+async def test_a_reply_padded_with_invisible_characters_is_answered(world: World, start_bot) -> None:
+    """`more` + 490 zero-width spaces: acknowledged within Discord's 2,000 characters, then refined."""
+    async with start_bot() as app:
+        parent = await make_round(world)
+        answer = await reply_and_wait(world, parent, world.bob, "more " + "\u200b" * 490)
+        assert len(answer["attachments"]) == 4 and "remixing all four with 'more'" in answer["content"]
+        assert (await child_of(app, answer)).parent_round_id is not None
