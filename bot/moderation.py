@@ -44,6 +44,7 @@ _WHAT = {Action.EXPORT: "export datasets", Action.FLAG: "flag rounds", Action.RE
          Action.CANCEL_OTHERS: "cancel other people's jobs", Action.MANAGE_BANNED_WORDS: "manage banned words"}
 MAX_PHRASE_LENGTH = 100
 BOT_ID = 0  # moderator_id of actions the bot takes by itself (a refused prompt)
+MAX_SNOWFLAKE = 2**63 - 1  # Discord ids are 64-bit; SQLite's INTEGER overflows past this
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,10 @@ def parse_day(text: str | None, option: str, *, end: bool = False) -> float | No
         day = datetime.strptime(text.strip(), "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
         raise InvalidInput(f"{option}={text!r} is not a date: use YYYY-MM-DD, e.g. 2026-01-31.") from None
-    return (day + timedelta(days=1) if end else day).timestamp()
+    try:
+        return (day + timedelta(days=1) if end else day).timestamp()
+    except OverflowError:  # until=9999-12-31: its next midnight is past what datetime can hold
+        raise InvalidInput(f"{option}={text.strip()} is out of range: use a day before 9999-12-31.") from None
 
 
 def default_export_name(now: float) -> str:
@@ -107,6 +111,8 @@ def plan_export(*, formats: str | Sequence[str] | None, since: str | None, until
                            "starting with a letter or digit.")
     if min_votes is not None and min_votes < 0:
         raise InvalidInput(f"min_votes={min_votes} is out of range: use 0 or more.")
+    if channel_id is not None and not 0 < channel_id <= MAX_SNOWFLAKE:
+        raise InvalidInput(f"channel={channel_id} is not a Discord channel id.")
     start, end = parse_day(since, "since"), parse_day(until, "until", end=True)
     if start is not None and end is not None and start >= end:
         raise InvalidInput(f"since={since} is after until={until}.")
@@ -202,7 +208,7 @@ class Moderation:
         """A round by its id or by the id of a message showing it (raises NotARound)."""
         ref = round_ref.strip()
         found = await self.journal.round(ref)
-        if found is None and ref.isdigit():
+        if found is None and ref.isdigit() and 0 < int(ref) <= MAX_SNOWFLAKE:  # SQLite holds 64-bit ids only
             found = await self.journal.round_for_message(int(ref))
         if found is None:
             raise NotARound(f"`{ref[:40]}` is not a round id (or round message id) in my log.")

@@ -113,3 +113,5 @@ def test_export_bad_option_names_it(config_file: tuple[Path, dict[str, str]], mo
     assert "Unknown export format `votes`" in capsys.readouterr().err
     assert main(["export", "--config", str(path), "--since", "01/02/2026"]) == 2
     assert "since='01/02/2026' is not a date" in capsys.readouterr().err
+    assert main(["export", "--config", str(path), "--until", "9999-12-31"]) == 2  # no OverflowError traceback
+    assert "until=9999-12-31 is out of range" in capsys.readouterr().err

@@ -187,3 +187,18 @@ async def test_flag_and_unflag_by_slash(world: World, start_bot) -> None:
         assert "no longer flagged" in unflagged.responses[0]["data"]["content"]
         assert all(i.responses[0]["data"]["flags"] & EPHEMERAL for i in (refused, flagged, unknown, unflagged))
         assert await moderation_count(app) == 2
+
+
+async def test_out_of_range_moderator_input_is_refused_by_value(world: World, start_bot, monkeypatch) -> None:
+    """`/export until:9999-12-31` and `/flag round:99999999999999999999999` get a private answer naming
+    the value, not "Something went wrong"; nothing is written."""
+    monkeypatch.setenv("REFINERY_EXPORT_KEY", KEY)
+    owner = world.server.add_user("owner", permissions=MANAGE_GUILD)
+    async with start_bot() as app:
+        export = await slash(world, "export", {"until": "9999-12-31"}, owner,
+                             lambda i: bool(i.original and "⚠️" in i.original["content"]))
+        assert "until=9999-12-31 is out of range" in export.original["content"]
+        flag = await slash(world, "flag", {"round": "99999999999999999999999"}, owner)
+        assert "`99999999999999999999999` is not a round id" in flag.responses[0]["data"]["content"]
+        assert (await app.journal.stats()).by_kind.get("errors") == 2, "both shown as expected errors"
+        assert not (app.config.data_dir / "exports").exists() and await moderation_count(app) == 0
