@@ -16,7 +16,7 @@ from pipeline.requests import MAX_SEED, GenerationRequest, consecutive_seeds
 
 OPTION_NAMES = ("seed", "steps", "guidance", "size")
 _OPTION = re.compile(r'(?<!\S)([a-z_]{2,20})=("[^"]*"|\S+)')
-_NEGATIVE = re.compile(r"(?<!\S)--no\s+(.*)$", re.DOTALL)
+_NEGATIVE = re.compile(r"(?<!\S)--no(?:\s+(.*))?$", re.DOTALL)  # a bare trailing `--no` too
 _SIZE = re.compile(r"^\s*(\d{1,5})\s*(?:[x×*]\s*(\d{1,5}))?\s*$")
 
 
@@ -37,7 +37,7 @@ def parse_message(text: str) -> PromptInput:
     negative = ""
     match = _NEGATIVE.search(text)
     if match:
-        negative = match.group(1).strip()
+        negative = (match.group(1) or "").strip()
         text = text[: match.start()]
     values: dict[str, str] = {}
     for option in _OPTION.finditer(text):
@@ -96,11 +96,18 @@ def parse_size(size: str | None, limits: GenerationConfig) -> tuple[int, int]:
     height = int(match.group(2) or match.group(1))
     for name, value in (("width", width), ("height", height)):
         if value % 8:
-            raise InvalidInput(f"The {name} {value} is not a multiple of 8; try {value // 8 * 8 or 8}.")
+            raise InvalidInput(f"The {name} {value} is not a multiple of 8; try {_nearest_size(value, limits)}.")
         if not limits.min_size <= value <= limits.max_size:
             raise InvalidInput(f"The {name} {value} is out of range: use {limits.min_size} to "
                                f"{limits.max_size} pixels.")
     return width, height
+
+
+def _nearest_size(value: int, limits: GenerationConfig) -> int:
+    """The multiple of 8 nearest to `value` that the limits allow (suggesting 8 for 7, or 99992 for
+    99999, would only earn a second refusal)."""
+    low, high = -(-limits.min_size // 8) * 8, limits.max_size // 8 * 8
+    return min(max(round(value / 8) * 8, low), high)
 
 
 def _int(name: str, value: str) -> int:

@@ -44,6 +44,9 @@ def test_explicit_seed_wraps_at_32_bits() -> None:
         (PromptInput("x", guidance=-1), "guidance=-1 is out of range"),
         (PromptInput("x", guidance=21), "guidance=21 is out of range"),
         (PromptInput("x", size="500"), "width 500 is not a multiple of 8; try 496"),
+        (PromptInput("x", size="7x7"), "width 7 is not a multiple of 8; try 64"),
+        (PromptInput("x", size="99999"), "width 99999 is not a multiple of 8; try 768"),
+        (PromptInput("x", size="509"), "width 509 is not a multiple of 8; try 512"),
         (PromptInput("x", size="512x300"), "height 300 is not a multiple of 8"),
         (PromptInput("x", size="1024"), "width 1024 is out of range: use 64 to 768"),
         (PromptInput("x", size="32"), "out of range"),
@@ -83,3 +86,16 @@ def test_sizes() -> None:
 def test_prompt_with_equals_sign_in_capitals_is_kept() -> None:
     """Only lowercase `name=value` tokens are options; E=mc2 stays in the prompt."""
     assert parse_message("poster of E=mc2").prompt == "poster of E=mc2"
+
+
+@pytest.mark.parametrize("text", ["--no", "  --no  ", "--no blur, text", "seed=3 --no"])
+def test_a_message_with_only_a_negative_prompt_is_refused(text: str) -> None:
+    """`--no` with nothing before it is an empty prompt, never the prompt "--no"."""
+    assert parse_message(text).prompt == ""
+    with pytest.raises(InvalidInput, match="prompt is empty"):
+        build_request(parse_message(text), LIMITS)
+
+
+def test_a_trailing_bare_no_is_an_empty_negative_prompt() -> None:
+    """`a fox --no` draws a fox with no negative prompt."""
+    assert parse_message("a fox --no") == PromptInput(prompt="a fox", negative="")
