@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import discord
 
 from bot.config import Config
 from bot.discord_limits import MAX_CONTENT, clip, fit, shown
-from pipeline.jobs import JobListing, JobState, JobStatus
+from bot.service import QueueLine
+from pipeline.jobs import JobState, JobStatus
 from storage.records import Round
 
 
@@ -73,8 +75,9 @@ def round_files(record: Round, images: tuple[bytes, ...], *, spoiler: bool = Fal
             for k, png in enumerate(images, start=1)]
 
 
-def queue_text(entries: list[JobListing]) -> str:
-    """`/queue`: one line per job, running first, then in the order they will run."""
+def queue_text(entries: Sequence[QueueLine]) -> str:
+    """`/queue`: one line per job, running first, then in the order they will run; a job the viewer
+    may not see is only "a job in another channel"."""
     if not entries:
         return "The queue is empty."
     lines = []
@@ -82,8 +85,11 @@ def queue_text(entries: list[JobListing]) -> str:
         status = entry.status
         where = (f"running, step {status.step}/{status.total_steps}" if status.state is JobState.RUNNING
                  else f"#{status.position}" + (f", about {status.eta_s:.0f} s" if status.eta_s is not None else ""))
-        lines.append(f"`{entry.job_id}` <@{entry.user_id}> — {where} — waited {entry.waited_s:.0f} s — "
-                     f"{shown(entry.prompt, 60)}")
+        if entry.job is None:
+            lines.append(f"a job in another channel — {where} — waited {entry.waited_s:.0f} s")
+            continue
+        lines.append(f"`{entry.job.job_id}` <@{entry.job.user_id}> — {where} — waited {entry.waited_s:.0f} s — "
+                     f"{shown(entry.job.prompt, 60)}")
     if len(entries) > 20:
         lines.append(f"… and {len(entries) - 20} more")
     return _clip("\n".join(lines), MAX_CONTENT)

@@ -28,7 +28,7 @@ from bot.errors import (
 )
 from bot.moderation import ExportSummary, Moderation
 from bot.options import PromptInput, build_request
-from bot.permissions import Action, Member, allowed
+from bot.permissions import Action, Member, allowed, is_moderator
 from bot.ratelimit import EventRateLimit
 from bot.refinement import Refinement, attached_mask, button_refinement, choose_candidate, refinement_for_plan
 from bot.tickets import Origin, Ticket
@@ -62,6 +62,16 @@ class FinishedRound:
     images: tuple[bytes, ...]
     spoiler: bool = False  # an NSFW prompt outside an NSFW channel, under nsfw_action = "spoiler"
     job_id: str = ""  # the queue keeps the job until the round is posted (round_posted)
+
+
+@dataclass(frozen=True)
+class QueueLine:
+    """A `/queue` line as its viewer may see it: `job` is None for a job asked in a channel they are
+    not looking at (its prompt may come from an NSFW channel), so only its place in line shows."""
+
+    status: JobStatus
+    waited_s: float
+    job: JobListing | None
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,20 @@ class RefineryService:
     async def queue_view(self) -> list[JobListing]:
         """Running and waiting jobs of every bot process, in the order they will run."""
         return await self.queue.listing()
+
+    async def queue_for(self, member: Member, channel_id: int) -> list[QueueLine]:
+        """`/queue` for one member in one channel: moderators see every job; others see the jobs asked
+        in this channel and their own, and every other job only as a place in line."""
+        everything = is_moderator(member, self.config)
+        lines = []
+        for entry in await self.queue.listing():
+            try:
+                asked_in = Ticket.from_dict(entry.meta).origin.channel_id
+            except (KeyError, TypeError, ValueError):
+                asked_in = None  # no ticket: nobody but a moderator can tell where it came from
+            shown = everything or entry.user_id == member.user_id or asked_in == channel_id
+            lines.append(QueueLine(entry.status, entry.waited_s, entry if shown else None))
+        return lines
 
     async def cancel(self, *, member: Member, job_id: str | None = None) -> list[str]:
         """Cancel one job (by id) or all of the member's jobs; returns the ids cancelled."""

@@ -41,7 +41,9 @@ class Queue(commands.Cog):
 
     @app_commands.command(name="queue", description="Show the image queue")
     async def queue(self, interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(render.queue_text(await self.service.queue_view()), ephemeral=True)
+        lines = await self.service.queue_for(member_of(interaction.user, interaction.permissions),
+                                             interaction.channel_id or 0)
+        await interaction.response.send_message(render.queue_text(lines), ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel your queued or running jobs (or one job by id)")
     @app_commands.describe(job="A job id from /queue (moderators may cancel anyone's)")

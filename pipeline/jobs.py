@@ -106,6 +106,7 @@ class JobListing:
     prompt: str
     status: JobStatus
     waited_s: float
+    meta: dict[str, Any] = field(default_factory=dict)  # as submitted: says where it was asked (who may see it)
 
 
 @dataclass(frozen=True)

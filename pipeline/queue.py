@@ -171,8 +171,8 @@ class LocalQueue:
 
     async def listing(self) -> list[JobListing]:
         now = self._clock()
-        return [JobListing(job.job_id, job.user_id, job.request.prompt, self.status(job), now - job.submitted_at)
-                for job in self.jobs()]
+        return [JobListing(job.job_id, job.user_id, job.request.prompt, self.status(job), now - job.submitted_at,
+                           job.meta) for job in self.jobs()]
 
     async def forget(self, job_id: str) -> None:
         if self.store is not None:

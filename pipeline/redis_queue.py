@@ -217,10 +217,10 @@ class RedisQueue:
         waiting = [job_id for job_id in await self._order(args=[self.prefix, self.max_depth]) if job_id not in running]
         pipe = self._aredis.pipeline(transaction=False)
         for job_id in running + waiting:
-            pipe.hmget(self.key("job", job_id), "user_id", "prompt", "submitted_at", "step", "total")
+            pipe.hmget(self.key("job", job_id), "user_id", "prompt", "submitted_at", "step", "total", "meta")
         rows = await pipe.execute()
         now, listed = time.time(), []
-        for index, (job_id, (user_id, prompt, submitted, step, total)) in enumerate(
+        for index, (job_id, (user_id, prompt, submitted, step, total, meta)) in enumerate(
                 zip(running + waiting, rows, strict=True)):
             if user_id is None:
                 continue  # finished and expired between the two reads
@@ -229,7 +229,7 @@ class RedisQueue:
             status = JobStatus(state, position, self.eta_s(position) if position else None, int(step or 0),
                                int(total or 0), job_id)
             listed.append(JobListing(job_id, int(user_id), prompt or "", status,
-                                     max(0.0, now - float(submitted or now))))
+                                     max(0.0, now - float(submitted or now)), json.loads(meta or "{}")))
         return listed
 
     # --- restarts -------------------------------------------------------------------------------

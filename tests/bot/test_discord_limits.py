@@ -11,6 +11,7 @@ from bot.discord_limits import MAX_CONTENT, clip, length, shown
 from bot.errors import InvalidInput, user_message
 from bot.options import build_request, parse_message
 from bot.refinement import refinement_for_plan
+from bot.service import QueueLine
 from cogs.export import export_text
 from cogs.moderation import modlog_line
 from pipeline.jobs import JobListing, JobState, JobStatus
@@ -41,8 +42,9 @@ def messages_from(text: str) -> list[str]:
     for state in JobState:
         status = JobStatus(state, 3, 12.0, 2, 4, "job-1", note=text)
         sent.append(render.status_text(status, text, "❌", note=text))
-    sent.append(render.queue_text([JobListing(f"job-{k}", k, text, JobStatus(JobState.QUEUED, k, 1.0, 0, 4), 1.0)
-                                   for k in range(25)]))
+    queued = JobStatus(JobState.QUEUED, 1, 1.0, 0, 4)
+    sent.append(render.queue_text([QueueLine(queued, 1.0, JobListing(f"job-{k}", k, text, queued, 1.0) if k % 3
+                                             else None) for k in range(25)]))
     try:
         build_request(parse_message(text), CONFIG.generation)
     except InvalidInput as exc:

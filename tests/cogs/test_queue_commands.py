@@ -7,11 +7,12 @@ import threading
 
 from bot.devserver import MANAGE_GUILD
 from bot.permissions import Member
+from pipeline.generator import BaseGenerator
 from pipeline.requests import GenerationRequest, GenerationResult, ProgressCallback
 from tests.conftest import World
 
 
-class HeldGenerator:
+class HeldGenerator(BaseGenerator):
     """A Generator the test can hold mid-job, so jobs stay queued and running while it looks."""
 
     model_id = "held"
@@ -154,3 +155,34 @@ async def test_acknowledged_jobs_survive_a_restart_of_the_in_process_queue(world
         assert second is not None and (second.prompt, second.requester_id, second.source) == (
             "a blue barn", world.bob, "message")
         assert await app.queue.pending_jobs() == []
+
+
+async def test_queue_shows_other_channels_jobs_only_as_places_in_line(world: World, start_bot) -> None:
+    """/queue shows a member their channel's jobs and their own; a job from another (here NSFW) channel
+    is "a job in another channel", without prompt or requester; a moderator sees everything."""
+    moderator = world.server.add_user("mod", permissions=MANAGE_GUILD)
+    spicy = world.server.add_channel("spicy", nsfw=True)
+    generator = HeldGenerator()
+    async with start_bot(generator=generator) as app:
+        held = await world.server.invoke_slash("imagine", {"prompt": "a secret garden"}, user_id=world.alice,
+                                               channel_id=spicy)
+        await held.wait_for(lambda i: bool(i.original and "generating" in i.original["content"]), timeout=10)
+        mine = await world.server.invoke_slash("imagine", {"prompt": "a blue barn"}, user_id=world.bob,
+                                               channel_id=world.general)
+        await mine.wait_for(lambda i: bool(i.original and "position 1" in i.original["content"]), timeout=10)
+
+        async def queue_as(user: int, channel: int) -> str:
+            shown = await world.server.invoke_slash("queue", {}, user_id=user, channel_id=channel)
+            await shown.wait_for(lambda i: bool(i.responses))
+            return shown.responses[0]["data"]["content"]
+
+        member_view = await queue_as(world.bob, world.imagine)
+        assert "a blue barn" in member_view, "their own job, asked elsewhere"
+        assert "secret" not in member_view and f"<@{world.alice}>" not in member_view
+        assert "a job in another channel — running" in member_view
+        assert "secret garden" in await queue_as(world.alice, spicy)
+        everything = await queue_as(moderator, world.imagine)
+        assert "secret garden" in everything and "a blue barn" in everything
+        for entry in await app.service.queue_view():
+            app.queue.cancel(entry.job_id)
+        generator.release.set()
