@@ -1,4 +1,4 @@
-"""The `refinery` command: run the bot, play the offline demo, inspect the log, export datasets."""
+"""The `refinery` command: run the bot, play the offline demo, inspect the log, export datasets, train."""
 
 from __future__ import annotations
 
@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--out", type=Path, help="the folder to create (default: <data_dir>/exports/<name>)")
     export.add_argument("--config", type=Path, default=None)
 
+    from bot.arena_cli import add_parser as add_arena_parser
+    from bot.train import add_parser as add_train_parser
+
+    add_train_parser(commands)
+    add_arena_parser(commands)
+
     args = parser.parse_args(argv)
     secrets = Secrets.from_env()
     setup_logging(args.log_level, [secrets.discord_token, secrets.oxen_auth_token, secrets.export_key])
@@ -81,6 +87,14 @@ def main(argv: list[str] | None = None) -> int:
             return _export(args, _config(args.config), secrets)
         if args.command == "worker":
             return _worker(args, _config(args.config))
+        if args.command == "arena":
+            from bot.arena_cli import run_report
+
+            return run_report(args, _config(args.config))
+        if args.command == "train":
+            from bot.train import run_train
+
+            return run_train(args, _config(args.config))
     except ConfigError as exc:
         print(f"refinery: configuration error: {exc}", file=sys.stderr)
         return 2

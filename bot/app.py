@@ -66,7 +66,7 @@ def generator_settings(config: Config) -> GeneratorSettings:
         instruct_model=model.instruct_model or None, inpaint_model=model.inpaint_model or None,
         clipseg_model=model.clipseg_model or None, cpu_threads=model.cpu_threads or None,
         safety_checker=config.moderation.safety_checker or None,
-        acceleration=acceleration(config),
+        acceleration=acceleration(config), models_dir=str(config.models_path),
     )
 
 
@@ -125,13 +125,10 @@ async def running_app(config: Config, secrets: Secrets, *, generator: Generator 
             queue = LocalQueue(generator, batch_size=config.queue.batch_size, store=store, **limits)
         await queue.start()
         stack.push_async_callback(queue.close)
-        load = getattr(generator, "load", None)
-        if callable(load) and not config.queue.redis_url:
+        if not config.queue.redis_url:
             log.info("loading model %s", config.model.id)
-            await queue.run_in_worker(load)
-            warm_up = getattr(generator, "warm_up", None)
-            if callable(warm_up):  # compiles now, on the worker thread, before any user's job
-                await queue.run_in_worker(warm_up)
+            await queue.run_in_worker(generator.load)
+            await queue.run_in_worker(generator.warm_up)  # compiles now, on the worker thread, before any job
         # One installation = one data folder on one host: what a restarted bot is, for its queued jobs.
         owner = f"{socket.gethostname()}:{config.data_dir.resolve()}"
         service = RefineryService(config, journal, queue, ImageStore(config.data_dir), owner=owner,

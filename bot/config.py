@@ -30,8 +30,12 @@ class ModelConfig:
     inpaint_model: str = ""
     clipseg_model: str = ""
     cpu_threads: int = 0  # 0 = torch's default
+    adapter: str = ""  # a LoRA trained by `refinery train` (a folder name under models_dir) used from start-up
+    adapter_weight: float = 1.0
+    models_dir: str = ""  # trained adapters; empty = <data_dir>/models
 
     def check(self) -> None:
+        _in_range("model.adapter_weight", self.adapter_weight, 0.0, 2.0)
         _one_of("model.scheduler", self.scheduler, ("default", "ddim", "euler_a", "dpm++"))
         _one_of("model.device", self.device, ("auto", "cpu", "cuda", "mps"))
         _one_of("model.dtype", self.dtype, ("auto", "float16", "bfloat16", "float32"))
@@ -210,6 +214,19 @@ class PerformanceConfig:
 
 
 @dataclass(frozen=True)
+class ArenaConfig:
+    """Blinded A/B rounds: a share of text-to-image rounds shows two base and two adapter candidates."""
+
+    adapter: str = ""  # the adapter under test; empty = no arena at start-up (see /arena start)
+    fraction: float = 0.5  # share of text-to-image rounds that become comparisons
+    reveal_after_s: float = 86_400.0  # /arena results shows a round's assignment only once it is this old
+
+    def check(self) -> None:
+        _in_range("arena.fraction", self.fraction, 0.0, 1.0)
+        _in_range("arena.reveal_after_s", self.reveal_after_s, 0.0, 10 * 365 * 86_400.0)
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -220,11 +237,12 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
+    arena: ArenaConfig = field(default_factory=ArenaConfig)
     base_dir: Path = Path(".")  # folder of the config file; not a TOML key
 
     def check(self) -> None:
         for section in (self.model, self.generation, self.discord, self.votes, self.storage, self.queue,
-                        self.refine, self.moderation, self.performance):
+                        self.refine, self.moderation, self.performance, self.arena):
             section.check()
         _require(len(self.votes.emoji) == self.generation.candidates, "votes.emoji", self.votes.emoji,
                  f"needs one emoji per candidate ({self.generation.candidates})")
@@ -247,6 +265,11 @@ class Config:
     @property
     def oxen_repo_path(self) -> Path:
         return self._path(self.storage.oxen_repo) if self.storage.oxen_repo else self.data_dir / "oxen"
+
+    @property
+    def models_path(self) -> Path:
+        """Trained LoRA adapters, one folder each (`refinery train` writes them, the generator loads them)."""
+        return self._path(self.model.models_dir) if self.model.models_dir else self.data_dir / "models"
 
     @property
     def jobs_path(self) -> Path:

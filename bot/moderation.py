@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 KEY_ENV = "REFINERY_EXPORT_KEY"
 ATTACH_LIMIT_BYTES = 8_000_000  # a zipped export up to this size is attached to the answer
 _WHAT = {Action.EXPORT: "export datasets", Action.FLAG: "flag rounds", Action.REMOVE: "remove rounds",
-         Action.CANCEL_OTHERS: "cancel other people's jobs", Action.MANAGE_BANNED_WORDS: "manage banned words"}
+         Action.CANCEL_OTHERS: "cancel other people's jobs", Action.MANAGE_BANNED_WORDS: "manage banned words",
+         Action.MANAGE_MODELS: "change the model or run the arena"}
 MAX_PHRASE_LENGTH = 100
 BOT_ID = 0  # moderator_id of actions the bot takes by itself (a refused prompt)
 MAX_SNOWFLAKE = 2**63 - 1  # Discord ids are 64-bit; SQLite's INTEGER overflows past this

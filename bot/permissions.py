@@ -11,6 +11,7 @@ Discord member into a `Member` and ask `allowed(...)`; the service checks again 
 | `remove`              |      no      |             yes             |      yes      |      yes      |
 | `cancel_others`       |      no      |             yes             |      yes      |      yes      |
 | `manage_banned_words` |      no      |             yes             |      yes      |      yes      |
+| `manage_models`       |      no      |             yes             |      yes      |      yes      |
 
 Not in the table because everyone may do them: prompting, voting, refining, cancelling one's own
 job, and `/forget-me` (a user opting themselves out of exports).
@@ -30,6 +31,7 @@ class Action(StrEnum):
     REMOVE = "remove"
     CANCEL_OTHERS = "cancel_others"
     MANAGE_BANNED_WORDS = "manage_banned_words"
+    MANAGE_MODELS = "manage_models"  # /model use|off and /arena start|stop
 
 
 # Every listed action is moderator-only for now; a future "anyone" action goes in a second set here.

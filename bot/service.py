@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from bot.adapters import AdapterDesk
 from bot.config import Config
 from bot.errors import (
     GenerationFailed,
@@ -32,6 +33,7 @@ from bot.permissions import Action, Member, allowed, is_moderator
 from bot.ratelimit import EventRateLimit
 from bot.refinement import Refinement, attached_mask, button_refinement, choose_candidate, refinement_for_plan
 from bot.tickets import Origin, Ticket
+from pipeline.adapters import AdapterUnavailable
 from pipeline.jobs import Job, JobListing, JobQueue, JobStatus, QueueClosed, QueueLimitError
 from pipeline.planner import PlanError, plan_refinement
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, Mode
@@ -81,6 +83,14 @@ class VoteOutcome:
     action: str
 
 
+def adapter_refusal(error: BaseException) -> str | None:
+    """The reason a worker refused a job's adapter (missing, other weights), in-process or through Redis."""
+    if isinstance(error, AdapterUnavailable):
+        return str(error)
+    prefix = f"{AdapterUnavailable.__name__}: "  # how the Redis worker reports it
+    return str(error)[len(prefix):] if str(error).startswith(prefix) else None
+
+
 class RefineryService:
     def __init__(self, config: Config, journal: AsyncJournal, queue: JobQueue, images: ImageStore,
                  *, masker: Masker | None = None, has_instruct_model: bool = False,
@@ -95,6 +105,7 @@ class RefineryService:
         self.images = images
         # export_key: None reads REFINERY_EXPORT_KEY when an export runs (the demo and tests pass one)
         self.moderation = Moderation(config, journal, export_key=export_key)
+        self.adapters = AdapterDesk(config, journal, self.moderation.require)  # /model and /arena
         self.rate_limit = EventRateLimit(config.moderation.events_per_minute, clock)
         self._acks: dict[int, str] = {}  # acknowledgement message id → its job, while the job is open
 
@@ -102,6 +113,7 @@ class RefineryService:
         """Start-up: replay the journaled /banned changes and opt-outs before the first event arrives."""
         await self.moderation.word_filter()
         await self.moderation.opted_out()
+        await self.adapters.load()
 
     @property
     def dropped_events(self) -> int:
@@ -129,6 +141,7 @@ class RefineryService:
         `ack_message_id` is the acknowledgement that will become the round: it goes into the job's
         ticket, so a bot restarted while the job waits in Redis answers there (`pending_answers`)."""
         spoiler = await self.moderation.nsfw_policy(request, origin.user_id, origin.nsfw_channel)
+        request = self.adapters.apply(request, origin.source)  # the adapter in use, or an arena draw
         lineage: dict[str, object] = {}
         if refinement is not None:
             lineage = {"parent_round_id": refinement.parent.round_id, "parent_candidate": refinement.candidate,
@@ -219,6 +232,8 @@ class RefineryService:
                 raise Interrupted("I had to shut down before your job ran; please send it again in a "
                                   "minute.") from None
             except Exception as exc:
+                if (reason := adapter_refusal(exc)) is not None:  # the user should read why
+                    raise GenerationFailed(f"Generation failed ({job.job_id}): {reason}") from exc
                 raise GenerationFailed(f"Generation failed ({job.job_id}); the error was logged. "
                                        "Please try again.") from exc
 
@@ -367,7 +382,10 @@ class RefineryService:
         if candidate is None:
             return None
         found = await self.journal.round_for_message(message_id)
-        if found is None or not self.accept_event(user_id):
+        # A flood's new votes are dropped, never a retraction: Discord no longer shows the vote, so
+        # the journal must not keep it. Removals cannot flood (Discord sends one per earlier add, and
+        # adds are limited), and a removal of nothing journaled is a no-op in append_vote.
+        if found is None or (added and not self.accept_event(user_id)):
             return None  # not a round, or a reaction flood: dropped, never journaled
         if user_id in await self.moderation.opted_out():
             return None  # /forget-me: their votes are no longer logged

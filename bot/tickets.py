@@ -60,4 +60,6 @@ class Ticket:
             model_revision=result.model_revision, scheduler=result.scheduler, image_paths=image_paths,
             requester_id=origin.user_id, guild_id=origin.guild_id, channel_id=origin.channel_id,
             source=origin.source, queued_s=round(queued_s, 4), generate_s=round(result.elapsed_s, 4), **lineage,
+            adapter=request.adapter.label if request.adapter is not None else None,
+            arms="".join("a" if arm else "b" for arm in request.arms) if request.arms else None,
         )

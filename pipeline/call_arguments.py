@@ -77,6 +77,12 @@ def check_request(request: GenerationRequest) -> None:
             raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
     if request.steps < 1:
         raise ValueError(f"steps must be at least 1, got {request.steps}")
+    if request.arms and len(request.arms) != len(request.seeds):
+        raise ValueError(f"arms has {len(request.arms)} entries for {len(request.seeds)} seeds: one per candidate")
+    if request.arms and request.adapter is None:
+        raise ValueError("arms are given but no adapter: arms say which candidates use the adapter")
+    if request.adapter is not None and not 0.0 <= request.adapter.weight <= 2.0:
+        raise ValueError(f"adapter weight must be in [0, 2], got {request.adapter.weight}")
     if request.mode is not Mode.TEXT and request.init_image is None:
         raise ValueError(f"mode {request.mode.value} needs init_image")
     if request.mode is Mode.INPAINT and request.mask_image is None:

@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,10 +46,11 @@ from diffusers.utils import logging as diffusers_logging
 from PIL import Image
 
 from pipeline.acceleration import Acceleration, Speedups, guided
+from pipeline.adapters import LoadedAdapters
 from pipeline.call_arguments import call_arguments, check_request
 from pipeline.checkpoints import load_unet, public_model_id, revision_of
 from pipeline.masks import ClipSegMasker, encode_png
-from pipeline.requests import GenerationRequest, GenerationResult, Mode, ProgressCallback
+from pipeline.requests import AdapterRef, GenerationRequest, GenerationResult, Mode, ProgressCallback
 from pipeline.safety import ImageSafetyChecker
 
 log = logging.getLogger(__name__)
@@ -88,6 +90,7 @@ class GeneratorSettings:
     cpu_threads: int | None = None  # torch.set_num_threads at load: process-wide
     acceleration: Acceleration = field(default_factory=Acceleration)  # speed-ups, see pipeline/acceleration.py
     safety_checker: str | None = None  # StableDiffusionSafetyChecker: flags images (result.nsfw)
+    models_dir: str | None = None  # trained LoRA adapters, <models_dir>/<name>/ (see pipeline/adapters.py)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -118,6 +121,8 @@ class DiffusersGenerator:
     Compare regenerated images with a tolerance, or keep the original PNGs.
     """
 
+    can_batch = True  # generate_batch runs compatible text-to-image requests as one pipeline call
+
     def __init__(self, settings: GeneratorSettings) -> None:
         self.settings = settings
         self.model_id = public_model_id(settings.model)
@@ -130,6 +135,7 @@ class DiffusersGenerator:
         self._mode_models: dict[Mode, tuple[str, str]] = {}  # mode → (model, revision) when not base
         self._masker: ClipSegMasker | None = None
         self._safety: ImageSafetyChecker | None = None
+        self._adapters: LoadedAdapters | None = None
         self._lock = threading.Lock()
         self.speedups = Speedups(settings.acceleration, self.device)
         self.warmup_s: float | None = None  # warm_up's first run (compiling included) and second run
@@ -177,6 +183,7 @@ class DiffusersGenerator:
             if settings.safety_checker:
                 self._safety = ImageSafetyChecker(settings.safety_checker, device=self.device, dtype=self.dtype,
                                                   local_files_only=settings.local_files_only)
+            self._adapters = LoadedAdapters(text, Path(settings.models_dir) if settings.models_dir else None)
             self._pipes = pipes
             log.info(
                 "loaded %s (%s) on %s/%s, modes %s, in %.2f s",
@@ -237,6 +244,8 @@ class DiffusersGenerator:
         stops before decoding, the exception propagates, and the generator stays usable.
         """
         check_request(request)
+        if len(set(request.arms)) > 1:
+            return self._generate_arms(request, progress)
         self.load()
         pipe = self._pipes.get(request.mode)
         if pipe is None:  # only INSTRUCT can be missing
@@ -295,10 +304,41 @@ class DiffusersGenerator:
             start += request.count
         return results
 
+    def _generate_arms(self, request: GenerationRequest, progress: ProgressCallback | None) -> GenerationResult:
+        """An arena round: the base candidates and the adapter's as two runs, put back in their positions.
+        Progress counts both runs as one (steps of the second continue after the first's)."""
+        arms = request.arms
+        parts: list[tuple[list[int], GenerationResult]] = []
+        for offset, with_adapter in enumerate((False, True)):
+            where = [i for i, arm in enumerate(arms) if arm is with_adapter]
+            part = replace(request, seeds=tuple(request.seeds[i] for i in where), arms=(),
+                           adapter=request.adapter if with_adapter else None)
+
+            def report(step: int, total: int, offset: int = offset) -> None:
+                if progress is not None:
+                    progress(offset * total + step, 2 * total)
+
+            parts.append((where, self.generate(part, report)))
+        images: list[bytes] = [b""] * len(arms)
+        nsfw: list[bool] = [False] * len(arms)
+        for where, result in parts:
+            for slot, index in enumerate(where):
+                images[index] = result.images[slot]
+                if result.nsfw:
+                    nsfw[index] = result.nsfw[slot]
+        checked = all(result.nsfw for _, result in parts)
+        last = parts[-1][1]
+        return replace(last, images=tuple(images), seeds=request.seeds, nsfw=tuple(nsfw) if checked else (),
+                       elapsed_s=sum(result.elapsed_s for _, result in parts),
+                       extras={**last.extras, "arms": "".join("a" if arm else "b" for arm in arms)})
+
     def _run(self, pipe: Any, kwargs: dict[str, Any], pairs: list[tuple[str, str]],
              request: GenerationRequest) -> tuple[list[Any], int]:
         """One pipeline call under the lock, with cached prompt embeddings (one row per pair)."""
+        adapter: AdapterRef | None = request.adapter if request.uses_adapter(0) else None
         with self._lock:
+            assert self._adapters is not None  # load() made it
+            self._adapters.activate(adapter)  # under the lock: the UNet's adapter state is shared
             started = time.perf_counter()
             if pipe is not self._pipes.get(Mode.INSTRUCT):  # InstructPix2Pix encodes its prompts its own way
                 self.speedups.use_cached_prompts(pipe, kwargs, pairs, request.guidance)
@@ -356,6 +396,8 @@ class DiffusersGenerator:
         if request.mode in self._mode_models:
             model, revision = self._mode_models[request.mode]
             extras.update(mode_model=model, mode_model_revision=revision)
+        if request.adapter is not None and request.uses_adapter(0):
+            extras["adapter"] = request.adapter.label
         return GenerationResult(
             images=tuple(encode_png(image) for image in images),
             seeds=request.seeds,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from pipeline.generator import Generator, first_run_compiles
+from pipeline.generator import Generator
 from pipeline.job_store import JobStore
 from pipeline.jobs import (
     COMPILING_NOTE,
@@ -222,7 +222,7 @@ class LocalQueue:
                 continue
             batch = [job, *self._compatible_with(job)]
             self._running = batch
-            compiles = first_run_compiles(self.generator, [member.request for member in batch])
+            compiles = self.generator.first_run_compiles([member.request for member in batch])
             note = COMPILING_NOTE if compiles else ""
             for member in batch:
                 member.state = JobState.RUNNING
@@ -260,13 +260,13 @@ class LocalQueue:
     def _generate(self, batch: list[Job], progress: ProgressCallback) -> list[GenerationResult]:
         if len(batch) == 1:
             return [self.generator.generate(batch[0].request, progress)]
-        return self.generator.generate_batch([job.request for job in batch], progress)  # type: ignore[attr-defined]
+        return self.generator.generate_batch([job.request for job in batch], progress)
 
     def _compatible_with(self, first: Job) -> list[Job]:
         """Waiting jobs that can share `first`'s pipeline call (cross-request batching), taken in
         fair order, up to `batch_size` in all; only when the generator can batch."""
         key = batch_key(first.request)
-        if self.batch_size <= 1 or not key or not hasattr(self.generator, "generate_batch"):
+        if self.batch_size <= 1 or not key or not self.generator.can_batch:
             return []
         taken: list[Job] = []
         for job in self.order():

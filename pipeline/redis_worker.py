@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from pipeline import redis_scripts
-from pipeline.generator import Generator, first_run_compiles
+from pipeline.generator import Generator
 from pipeline.jobs import COMPILING_NOTE, JobState
 from pipeline.redis_queue import GROUP
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, batch_key
@@ -162,7 +162,7 @@ class RedisWorker:
 
     def _groups(self, taken: list[Taken]) -> list[list[Taken]]:
         """Compatible jobs together (up to batch_size), when the generator can run them as one call."""
-        if not callable(getattr(self.generator, "generate_batch", None)):
+        if not self.generator.can_batch:
             return [[t] for t in taken]
         groups: dict[str, list[list[Taken]]] = {}
         singles = []
@@ -215,7 +215,7 @@ class RedisWorker:
 
     def _tell_if_compiling(self, group: list[Taken]) -> None:
         """When this run compiles first (a shape the warm-up did not cover), say so to the bots."""
-        if not first_run_compiles(self.generator, [t.request for t in group]):
+        if not self.generator.first_run_compiles([t.request for t in group]):
             return
         pipe = self._redis.pipeline(transaction=False)
         for t in group:
@@ -284,10 +284,8 @@ def serve(generator: Generator, url: str, *, prefix: str = "refinery", name: str
     except redis.RedisError as exc:
         log.error("cannot reach Redis at %s: %s", url.split("@")[-1], exc)  # never log a password
         return 2
-    for prepare in ("load", "warm_up"):  # warm_up compiles before the first job is taken
-        step = getattr(generator, prepare, None)
-        if callable(step):
-            step()
+    generator.load()
+    generator.warm_up()  # compiles before the first job is taken
     worker = RedisWorker(generator, client, prefix=prefix, name=name, batch_size=batch_size,
                          claim_after_s=claim_after_s, step_delay_s=step_delay_s)
     stop = threading.Event()

@@ -32,6 +32,21 @@ class Mode(StrEnum):
 
 
 @dataclass(frozen=True)
+class AdapterRef:
+    """A trained LoRA adapter by name and the sha256 of its weights file: a worker generates with exactly
+    these weights or refuses the job (never silently with others)."""
+
+    name: str
+    sha256: str
+    weight: float = 1.0
+
+    @property
+    def label(self) -> str:
+        """How rounds and exports name it: `name@sha256:<12 hex>`."""
+        return f"{self.name}@sha256:{self.sha256[:12]}"
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """Everything a pipeline needs to make one round of candidates."""
 
@@ -47,14 +62,23 @@ class GenerationRequest:
     mask_image: bytes | None = None  # PNG, white = repaint (inpaint only)
     strength: float = 0.75  # img2img / inpaint: how far from the init image
     image_guidance: float = 1.5  # InstructPix2Pix only
+    adapter: AdapterRef | None = None  # a LoRA for the candidates (see `arms`); None = the base model
+    # Per candidate, True = with the adapter, False = base; () = every candidate with the adapter. An arena
+    # round mixes them: the generator runs each arm as its own sub-batch and keeps the positions.
+    arms: tuple[bool, ...] = ()
 
     @property
     def count(self) -> int:
         return len(self.seeds)
 
+    def uses_adapter(self, index: int) -> bool:
+        """Whether candidate `index` (0-based) is made with the adapter."""
+        return self.adapter is not None and (not self.arms or self.arms[index])
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["seeds"] = list(self.seeds)
+        data["arms"] = list(self.arms)
         data["mode"] = self.mode.value
         for key in ("init_image", "mask_image"):
             if data[key] is not None:
@@ -66,6 +90,9 @@ class GenerationRequest:
         data = dict(data)
         data["seeds"] = tuple(int(s) for s in data["seeds"])
         data["mode"] = Mode(data.get("mode", Mode.TEXT))
+        data["arms"] = tuple(bool(a) for a in data.get("arms", ()))
+        if data.get("adapter") is not None:
+            data["adapter"] = AdapterRef(**data["adapter"])
         for key in ("init_image", "mask_image"):
             if data.get(key) is not None:
                 data[key] = base64.b64decode(data[key])
@@ -113,7 +140,7 @@ class GenerationCancelled(Exception):
 def batch_key(request: GenerationRequest) -> str:
     """Requests with equal non-empty keys can share one pipeline call: text2img, differing only in
     prompt, negative prompt and seeds. Other modes carry their own image and never batch."""
-    if request.mode is not Mode.TEXT:
+    if request.mode is not Mode.TEXT or len(set(request.arms)) > 1:  # an arena round runs two sub-batches
         return ""
     fields = request.to_dict()
     for name in ("prompt", "negative_prompt", "seeds"):

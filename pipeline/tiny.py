@@ -310,6 +310,25 @@ def _scheduler() -> PNDMScheduler:
     )
 
 
+def build_tiny_adapter(folder: Path, base: Path, *, seed: int = 0, rank: int = 4) -> Path:
+    """A random (non-identity) LoRA for the tiny checkpoint at `base`, in diffusers' LoRA format, as
+    `refinery train` writes one: `<folder>/pytorch_lora_weights.safetensors`."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    def write(tmp: Path) -> None:
+        unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet", local_files_only=True)
+        torch.manual_seed(seed)
+        # init_lora_weights=False: both matrices random, so the adapter visibly changes the images.
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                                    target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
+
+    return _cached_build(Path(folder), "adapter", seed, write)
+
+
 # --- caching ----------------------------------------------------------------------------------------
 
 

@@ -331,6 +331,11 @@ class Journal:
     def last_seq(self) -> int:
         return int(self._read("SELECT COALESCE(MAX(seq), 0) FROM events")[0][0])
 
+    def commit_of(self, seq: int) -> str | None:
+        """The Oxen commit that holds the log up to `seq` (that of the last event at or below it), if synced."""
+        rows = self._read("SELECT synced_commit FROM events WHERE seq <= ? ORDER BY seq DESC LIMIT 1", (seq,))
+        return str(rows[0][0]) if rows and rows[0][0] else None
+
     def synced_through(self) -> int:
         """The highest seq marked synced (every event at or below it is in Oxen)."""
         rows = self._read("SELECT value FROM meta WHERE key='synced_through'")

@@ -54,7 +54,15 @@ from storage.journal import Journal, JournalEvent
 from storage.oxen_format import commit_message, write_shard
 from storage.oxen_repo import OxenError, OxenRepository
 from storage.records import Round
-from storage.writer_settings import EXIT_CONFIG, EXIT_OK, EXIT_RETRY, FLUSH_FILE, REEXEC_ENV, WriterSettings
+from storage.writer_settings import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RETRY,
+    FLUSH_FILE,
+    REEXEC_ENV,
+    WriterSettings,
+    writer_lock_path,
+)
 
 log = logging.getLogger("refinery.oxen_writer")
 
@@ -316,7 +324,7 @@ class OxenWriter:
 
 def _lock_writer(repo: Path, wait_s: float = 30.0) -> Any:
     """One writer per repository: wait for a previous one (an orphan finishing its batch) to exit."""
-    lock_path = repo.resolve().parent / f".{repo.resolve().name}.writer.lock"
+    lock_path = writer_lock_path(repo)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(lock_path, "a")  # noqa: SIM115 - held until the process exits
     deadline = time.monotonic() + wait_s

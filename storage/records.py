@@ -71,6 +71,9 @@ class Round(Record):
     mask_path: str | None = None
     strength: float | None = None
     created_at: float = field(default_factory=now)
+    adapter: str | None = None  # the LoRA it used, "name@sha256:<12 hex>"; None = the base model alone
+    # An arena round: per candidate "a" (adapter) or "b" (base), the logged random draw; None otherwise.
+    arms: str | None = None
 
 
 @dataclass(frozen=True)

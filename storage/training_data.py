@@ -10,6 +10,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from storage.exports import ExportFilters, Selection, decided_pairs, replay
+from storage.journal import Journal
 
 
 @dataclass(frozen=True)
@@ -38,3 +42,78 @@ def held_out(caption: str, fraction: float) -> bool:
     """A deterministic split by prompt: the same prompt is always on the same side, in every run."""
     digest = hashlib.sha256(" ".join(caption.lower().split()).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+Example = PreferencePair | FeedbackImage
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The examples one training run learns from, split by prompt, and an account of what was left out."""
+
+    method: str  # "dpo" or "kto"
+    train: tuple[Example, ...]
+    held_out: tuple[Example, ...]
+    journal_seq: int  # the log as of this event
+    rounds_used: int
+    left_out: dict[str, int]  # rounds (or, for KTO, images) not used, by reason
+
+    def summary(self) -> dict[str, Any]:
+        desirable = sum(isinstance(e, FeedbackImage) and e.desirable for e in (*self.train, *self.held_out))
+        return {"method": self.method, "train_examples": len(self.train), "held_out_examples": len(self.held_out),
+                "journal_seq": self.journal_seq, "rounds_used": self.rounds_used, "left_out": self.left_out,
+                **({"desirable": desirable, "undesirable": len(self.train) + len(self.held_out) - desirable}
+                   if self.method == "kto" else {})}
+
+
+def select_examples(journal: Journal, data_dir: Path, filters: ExportFilters, method: str, *,
+                    held_out_fraction: float = 0.1) -> TrainingData:
+    """DPO: per round, a candidate its voters preferred to another (aggregated, ties dropped); KTO: every
+    image of a voted round, desirable when its net votes are positive. Only rounds whose prompt made
+    their images (text-to-image, rerolls, conditioning refinements); the exports' exclusions hold."""
+    if method not in ("dpo", "kto"):
+        raise ValueError(f"method must be 'dpo' or 'kto', got {method!r}")
+    if not 0 <= held_out_fraction < 1:
+        raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
+    state = replay(journal)
+    selection = Selection(state, Path(data_dir), filters)
+    examples: list[Example] = []
+    rounds_used = 0
+    for rnd in selection.rounds():
+        if not selection.usable(rnd):
+            continue
+        voters = selection.voters_of(rnd)
+        if not voters:
+            selection.left_out["no votes"] += 1
+            continue
+        if not selection.captioned(rnd):
+            selection.left_out[f"{rnd.mode} round: its prompt is the reply, not a caption"] += 1
+            continue
+        paths = [selection.data_dir / p for p in rnd.image_paths]
+        before = len(examples)
+        if method == "dpo":
+            examples += [PreferencePair(rnd.prompt, paths[w - 1], paths[lose - 1], rnd.round_id, nw - nl)
+                         for w, lose, nw, nl in decided_pairs(voters, len(paths))]
+            if len(examples) == before:
+                selection.left_out["only ties"] += 1
+        else:
+            net = Selection.net_votes(voters, len(paths))
+            examples += [FeedbackImage(rnd.prompt, path, votes > 0, rnd.round_id, votes)
+                         for path, votes in zip(paths, net, strict=True)]
+        rounds_used += len(examples) > before
+    train, held = _split(examples, held_out_fraction)
+    return TrainingData(method, tuple(train), tuple(held), state.last_seq, rounds_used,
+                        dict(sorted(selection.left_out.items())))
+
+
+def _split(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
+    """Held out by prompt; with few prompts, at least the one prompt that hashes lowest (if two or more)."""
+    if fraction == 0:
+        return examples, []
+    held = [e for e in examples if held_out(e.caption, fraction)]
+    captions = {" ".join(e.caption.lower().split()) for e in examples}
+    if not held and len(captions) >= 2:
+        lowest = min(captions, key=lambda c: hashlib.sha256(c.encode()).digest())
+        held = [e for e in examples if " ".join(e.caption.lower().split()) == lowest]
+    chosen = {id(e) for e in held}
+    return [e for e in examples if id(e) not in chosen], held

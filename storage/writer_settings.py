@@ -8,6 +8,7 @@ flush request the bot touches, the marker of a writer's one re-exec.
 from __future__ import annotations
 
 import argparse
+import fcntl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,3 +64,22 @@ class WriterSettings:
             p.error(f"--batch must be >= 1 and --interval >= 0, got {a.batch} and {a.interval}")
         return cls(a.journal, a.repo, a.data_dir, a.interval, a.batch, a.once, a.remote, a.push_interval,
                    a.parent_pid)
+
+
+def writer_lock_path(repo: Path) -> Path:
+    """The file a running writer holds an exclusive flock on (one writer per repository)."""
+    return repo.resolve().parent / f".{repo.resolve().name}.writer.lock"
+
+
+def writer_running(repo: Path) -> bool:
+    """Whether some process's writer holds `repo` now (a bot's, or a `--once` run)."""
+    path = writer_lock_path(repo)
+    if not path.exists():
+        return False
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return False

@@ -13,14 +13,17 @@ from storage.exports._formats import FORMATS, REGISTRY, Format, winner_side
 from storage.exports._selection import (
     CAPTIONED_MODES,
     NONE_IS_GOOD,
+    Comparison,
     ExportFilters,
     LogState,
     Selection,
+    candidate_model,
     decided_pairs,
     public_model_id,
     replay,
+    round_comparisons,
 )
 
-__all__ = ["CAPTIONED_MODES", "FORMATS", "NONE_IS_GOOD", "REGISTRY", "ExportFilters", "ExportResult", "Format",
-           "LogState", "Selection", "build_dataset", "dataset_card", "decided_pairs", "public_model_id", "replay",
-           "winner_side"]
+__all__ = ["CAPTIONED_MODES", "FORMATS", "NONE_IS_GOOD", "REGISTRY", "Comparison", "ExportFilters", "ExportResult",
+           "Format", "LogState", "Selection", "build_dataset", "candidate_model", "dataset_card", "decided_pairs",
+           "public_model_id", "replay", "round_comparisons", "winner_side"]

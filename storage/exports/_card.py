@@ -18,7 +18,8 @@ def plural(n: int, word: str) -> str:
 
 def yaml_header(formats: list[str]) -> list[str]:
     """`configs:` with one config per format and one `train` split each, so that
-    `load_dataset(<export folder>, "<format>")` reads exactly that format's table."""
+    `load_dataset(<export folder>, "<format>")` reads exactly that format's table. Formats without rows
+    are left out: `datasets` refuses a split with no data."""
     lines = ["---", "configs:"]
     for fmt in formats:
         lines += [f"- config_name: {fmt}", "  data_files:", "  - split: train", f"    path: {REGISTRY[fmt].data_files}"]
@@ -31,7 +32,7 @@ def dataset_card(meta: dict[str, Any]) -> str:
     opted, excluded = meta["users_opted_out"], f["excluded_users"]
     left_out = meta.get("left_out") or {}
     lines = [
-        *yaml_header(meta["formats"]),
+        *yaml_header([fmt for fmt in meta["formats"] if meta["counts"][fmt]]),
         f"# {meta['name']}", "",
         "Community preferences from Refinery, a Discord bot where people generate four image candidates per prompt, "
         "vote with reactions and refine by reply. Images are `images/<round_id>/<k>.png` (k = 1-4); paths in the "

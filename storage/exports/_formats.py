@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from storage.exports._selection import NONE_IS_GOOD, decided_pairs, public_model_id
+from storage.exports._selection import NONE_IS_GOOD, candidate_model, decided_pairs, round_comparisons
 
 if TYPE_CHECKING:
     from storage.exports._build import Builder, RoundView
@@ -60,19 +60,20 @@ def _ratings(b: Builder, v: RoundView) -> int:
     for k, (path, votes) in enumerate(zip(b.copy_round(v.rnd), v.net, strict=True), start=1):
         b.add("ratings", {
             "prompt": v.prompt, "path": path, "rating": "good" if votes > 0 else "bad", "round_id": v.rnd.round_id,
-            "candidate": k, "net_votes": votes, "mode": v.rnd.mode, "model_id": public_model_id(v.rnd.model_id),
+            "candidate": k, "net_votes": votes, "mode": v.rnd.mode, "model_id": candidate_model(v.rnd, k),
             "seed": v.rnd.seeds[k - 1] if k <= len(v.rnd.seeds) else None})
     return v.n
 
 
 def _pair(b: Builder, v: RoundView, w: int, lose: int, nw: int, nl: int, user: str | None) -> dict[str, Any]:
-    rid, model = v.rnd.round_id, public_model_id(v.rnd.model_id)
+    rid = v.rnd.round_id
     uid_w, uid_l = f"{rid}-{w}", f"{rid}-{lose}"
     side = winner_side(uid_w, uid_l, user or "")
     first, second = (w, lose) if side == 0 else (lose, w)
     return {"caption": v.prompt, "jpg_0": b.jpeg(v.rnd, first), "jpg_1": b.jpeg(v.rnd, second),
             "label_0": float(side == 0), "label_1": float(side == 1),
-            "image_0_uid": f"{rid}-{first}", "image_1_uid": f"{rid}-{second}", "model_0": model, "model_1": model,
+            "image_0_uid": f"{rid}-{first}", "image_1_uid": f"{rid}-{second}",
+            "model_0": candidate_model(v.rnd, first), "model_1": candidate_model(v.rnd, second),
             "user_id": user, "ranking_id": ranking_id(rid), "created_at": v.created, "are_different": True,
             "best_image_uid": uid_w, "has_label": True, "mode": v.rnd.mode, "round_id": rid,
             "voters": nw + nl, "margin": nw - nl, "winner_share": nw / (nw + nl)}
@@ -122,7 +123,7 @@ def _kto(b: Builder, v: RoundView) -> int:
         name = b.link(v.rnd, k, f"kto/images/{v.rnd.round_id}/{k}.png")
         b.add("kto", {"file_name": name.removeprefix("kto/"), "caption": v.prompt, "label": int(net > 0),
                       "reason": reason, "picks": picked, "net_votes": net, "round_id": v.rnd.round_id,
-                      "candidate": k, "mode": v.rnd.mode, "model_id": public_model_id(v.rnd.model_id)})
+                      "candidate": k, "mode": v.rnd.mode, "model_id": candidate_model(v.rnd, k)})
     return v.n
 
 
@@ -158,6 +159,23 @@ def _edit_pairs(b: Builder, v: RoundView) -> int:
             "voters": nw + nl, "margin": nw - nl, "winner_share": nw / (nw + nl)})
         count += 1
     return count
+
+
+def _arena(b: Builder, v: RoundView) -> int:
+    if not v.rnd.arms or not v.rnd.adapter:
+        return 0
+    found = round_comparisons(v.rnd, v.voters)
+    for c in sorted(found, key=lambda c: (b.pseudo.user(c.voter), c.adapter_position, c.base_position)):
+        first, second = sorted((c.adapter_position, c.base_position))  # image 0 is the one shown first
+        winner = c.adapter_position if c.adapter_won else c.base_position
+        b.add("arena", {
+            "caption": v.prompt, "jpg_0": b.jpeg(v.rnd, first), "jpg_1": b.jpeg(v.rnd, second),
+            "label_0": float(winner == first), "label_1": float(winner == second),
+            "model_0": candidate_model(v.rnd, first), "model_1": candidate_model(v.rnd, second),
+            "adapter_image": int(c.adapter_position == second), "winner": "adapter" if c.adapter_won else "base",
+            "user_id": b.pseudo.user(c.voter), "round_id": v.rnd.round_id, "position_0": first,
+            "position_1": second, "adapter": v.rnd.adapter, "created_at": v.created})
+    return len(found)
 
 
 # -- the registry ---------------------------------------------------------------------------------------
@@ -270,6 +288,24 @@ FORMATS_IN_ORDER: tuple[Format, ...] = (
     ), "Edit preferences: one row per refinement round of one chosen candidate and pair of its results the "
        "voters did not tie on (aggregated per round, as `pairs`): source image, instruction, two results, label.",
        _edit_pairs, "edit_pairs/train-*.parquet"),
+    Format("arena", "arena/train-00000-of-00001.parquet", (
+        ("caption", _S, "the prompt of the arena round"),
+        ("jpg_0", _BYTES, "JPEG bytes of the image shown first (the lower screen position)"),
+        ("jpg_1", _BYTES, "JPEG bytes of the other image"),
+        ("label_0", _F, "1.0 if the voter preferred image 0, else 0.0"),
+        ("label_1", _F, "1 - label_0"),
+        *((f"model_{i}", _S, f"what made image {i}: the base model, or `<base>+<adapter>`") for i in (0, 1)),
+        ("adapter_image", _I, "which image (0 or 1) came from the adapter"),
+        ("winner", _S, '"adapter" or "base"'),
+        ("user_id", _S, "pseudonym of the voter"),
+        ("round_id", _S, "the arena round"),
+        ("position_0", _I, "screen position (1-4) of image 0"),
+        ("position_1", _I, "screen position (1-4) of image 1"),
+        ("adapter", _S, "the adapter under test, name@sha256:<12 hex>"),
+        ("created_at", pa.timestamp("ns"), "when the round was made (UTC, no zone)"),
+    ), "Blinded A/B comparisons: one row per voter and pair of one base and one adapter candidate of an arena "
+       "round (two of each, same prompt, paired seeds, positions shuffled by a logged draw) that the voter did not "
+       "tie on (picked exactly one of the two).", _arena, "arena/train-*.parquet"),
 )
 REGISTRY: dict[str, Format] = {f.name: f for f in FORMATS_IN_ORDER}
 FORMATS: tuple[str, ...] = tuple(REGISTRY)

@@ -179,3 +179,35 @@ class Selection:
     @staticmethod
     def rejected_by_none(voters: dict[int, set[int]]) -> bool:
         return any(NONE_IS_GOOD in chosen for chosen in voters.values())
+
+
+def candidate_model(rnd: Round, k: int) -> str:
+    """What made candidate k (1-based): the base model, or the base model with the round's adapter."""
+    base = public_model_id(rnd.model_id)
+    with_adapter = rnd.adapter is not None and (rnd.arms is None or rnd.arms[k - 1 : k] == "a")
+    return f"{base}+{rnd.adapter}" if with_adapter else base
+
+
+@dataclass(frozen=True)
+class Comparison:
+    round_id: str
+    adapter: str  # the adapter's label, name@sha256:<12 hex>
+    voter: int
+    adapter_position: int  # 1-based screen position of the adapter's candidate
+    base_position: int
+    adapter_won: bool
+    created_at: float
+
+
+def round_comparisons(rnd: Round, voters: dict[int, set[int]]) -> list[Comparison]:
+    assert rnd.arms is not None and rnd.adapter is not None
+    adapter = [k for k, arm in enumerate(rnd.arms, start=1) if arm == "a"]
+    base = [k for k, arm in enumerate(rnd.arms, start=1) if arm == "b"]
+    found = []
+    for voter in sorted(voters):
+        picked = voters[voter] - {NONE_IS_GOOD}
+        for a in adapter:
+            for b in base:
+                if (a in picked) != (b in picked):  # otherwise a tie: both or neither picked
+                    found.append(Comparison(rnd.round_id, rnd.adapter, voter, a, b, a in picked, rnd.created_at))
+    return found

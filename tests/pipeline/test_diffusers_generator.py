@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from pipeline.diffusers_generator import DiffusersGenerator, GeneratorSettings, ModelNotConfigured
-from pipeline.generator import Generator
+from pipeline.generator import BaseGenerator, Generator
 from pipeline.queue import LocalQueue
 from pipeline.requests import GenerationCancelled, GenerationRequest, Mode
 
@@ -207,8 +207,9 @@ async def test_local_queue_batches_compatible_jobs_like_single_runs(generator: D
     own single run within 2/255, and an incompatible job runs on its own."""
     calls: list[int] = []
 
-    class Counting:
+    class Counting(BaseGenerator):
         model_id = generator.model_id
+        can_batch = True
 
         def generate(self, request, progress=None):
             calls.append(1)

@@ -8,13 +8,14 @@ import threading
 import pytest
 
 from bot import render
+from pipeline.generator import BaseGenerator
 from pipeline.job_store import JobStore
 from pipeline.jobs import COMPILING_NOTE, JobState, QueueClosed, QueueLimitError
 from pipeline.queue import MAX_ATTEMPTS, LocalQueue
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback
 
 
-class RecordingGenerator:
+class RecordingGenerator(BaseGenerator):
     """A Generator that records the order of prompts and can be held mid-run by the test."""
 
     model_id = "recording"

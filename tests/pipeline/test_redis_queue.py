@@ -23,6 +23,7 @@ import redis
 from PIL import Image
 
 from pipeline.diffusers_generator import DiffusersGenerator
+from pipeline.generator import BaseGenerator
 from pipeline.jobs import COMPILING_NOTE, JobQueue, JobState, QueueClosed, QueueLimitError
 from pipeline.queue import LocalQueue
 from pipeline.redis_queue import RedisQueue, estimate_eta
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
-class RecordingGenerator:
+class RecordingGenerator(BaseGenerator):
     """A Generator that records the prompts it ran and can hold a run at one step until released."""
 
     def __init__(self, model_id: str = "recording", steps: int = 3, hold_at: int | None = None) -> None:

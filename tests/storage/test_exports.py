@@ -208,8 +208,8 @@ def test_no_raw_user_id_in_any_file(journal: Journal, data_dir: Path, tmp_path: 
     """Neither the decimal text nor the int64 bytes of any user id appear in any exported file."""
     result = export(journal, data_dir, tmp_path, filters=ExportFilters(excluded_users=frozenset({EVA})))
     files = [p for p in result.folder.rglob("*") if p.is_file()]
-    # 16 images, a mask, 8 tables (ratings twice), 12 kto images (3 text-to-image rounds), 2 cards
-    assert sorted(files) == result.files and len(files) == 39
+    # 16 images, a mask, 9 tables (ratings twice), 12 kto images (3 text-to-image rounds), 2 cards
+    assert sorted(files) == result.files and len(files) == 40
     for path in files:
         data = path.read_bytes()
         for user in USERS:
@@ -251,7 +251,7 @@ def test_card_export_json_and_progress(journal: Journal, data_dir: Path, tmp_pat
     meta = json.loads((result.folder / "export.json").read_text())
     assert meta["name"] == "refinery-test" and meta["formats"] == list(FORMATS)
     assert meta["counts"] == result.counts == {"ratings": 16, "pairs": 12, "voter_pairs": 22, "rankings": 8,
-                                               "kto": 12, "edits": 1, "edit_pairs": 3}
+                                               "kto": 12, "edits": 1, "edit_pairs": 3, "arena": 0}
     assert meta["filters"]["min_votes"] == 1 and meta["users_opted_out"] == 1
     assert meta["rounds"] == 4  # the rounds that gave rows, not every round looked at
     card = (result.folder / "README.md").read_text()

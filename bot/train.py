@@ -1,0 +1,287 @@
+"""`refinery train`: the community's votes become a LoRA adapter, versioned on the Oxen branch `models/<name>`.
+
+The command wires three parts together and decides nothing itself: the examples come from the log
+through the exports' own rules (`storage.training_data`), the training is `pipeline.training`, and the
+commit is the Oxen writer's (`storage.model_branches`), because only that process may open the log's
+repository. When the bot runs, its writer takes the request; when it does not, this command runs the
+writer once (`python -m storage.oxen_writer --once`) to commit the data and then the adapter.
+
+Ctrl-C (SIGINT) finishes the step in hand, saves a checkpoint and prints how to `--resume`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bot.config import Config
+
+EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
+MODELS_DIR = "models"
+
+
+def add_parser(commands: Any) -> None:
+    train = commands.add_parser(
+        "train", help="train a LoRA adapter on the community's votes (Diffusion-DPO or KTO)",
+        description=__doc__.split("\n\n")[0])
+    train.add_argument("--name", required=True, help="the adapter's name: folder <data_dir>/models/<name>, "
+                                                     "Oxen branch models/<name>")
+    train.add_argument("--method", choices=("dpo", "kto"), default="dpo",
+                       help="dpo: preference pairs within rounds (default); kto: liked/disliked images")
+    train.add_argument("--since", help="first day, YYYY-MM-DD (UTC)")
+    train.add_argument("--until", help="last day, YYYY-MM-DD (UTC, included)")
+    train.add_argument("--channel", type=int, help="only rounds made in this channel (id)")
+    train.add_argument("--min-votes", type=int, default=0, help="only rounds with at least N voters")
+    train.add_argument("--include-flagged", action="store_true", help="keep flagged rounds")
+    train.add_argument("--min-examples", type=int, default=16,
+                       help="refuse to train on fewer usable examples (default: 16)")
+    train.add_argument("--held-out", type=float, default=0.1,
+                       help="share of prompts held out to measure accuracy (default: 0.1)")
+    train.add_argument("--steps", type=int, default=500)
+    train.add_argument("--rank", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-5)
+    train.add_argument("--beta", type=float, default=None, help="default: 2500 for dpo, 1000 for kto")
+    train.add_argument("--batch", type=int, default=4, help="pairs (dpo) or images (kto) per micro-batch")
+    train.add_argument("--grad-accum", type=int, default=1)
+    train.add_argument("--resolution", type=int, default=512)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--eval-every", type=int, default=50, help="measure held-out accuracy every N steps")
+    train.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, ~30%% slower")
+    train.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    train.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run of this --name")
+    train.add_argument("--config", type=Path, default=None)
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"refinery train: {message}", file=sys.stderr)
+    return code
+
+
+def run_train(args: argparse.Namespace, config: Config, *, stop: threading.Event | None = None) -> int:
+    from bot.errors import InvalidInput
+    from bot.moderation import parse_day
+    from storage.export_repo import NAME
+    from storage.exports import ExportFilters
+    from storage.journal import Journal
+    from storage.training_data import select_examples
+
+    if not NAME.match(args.name):
+        return fail(f"--name {args.name!r} must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
+    out = config.data_dir / MODELS_DIR / args.name
+    checkpoint = out / "checkpoint"
+    if args.resume and not checkpoint.is_dir():
+        return fail(f"nothing to resume: {checkpoint} does not exist")
+    if not args.resume and out.exists() and any(out.iterdir()):
+        hint = " (add --resume to continue it)" if checkpoint.is_dir() else ""
+        return fail(f"an adapter named {args.name!r} exists already at {out}{hint}; choose another --name")
+    if not config.journal_path.is_file():
+        return fail(f"no journal at {config.journal_path} (check --config)")
+    try:
+        start, end = parse_day(args.since, "since"), parse_day(args.until, "until", end=True)
+        filters = ExportFilters(since=start, until=end, channel_id=args.channel, min_votes=args.min_votes,
+                                include_flagged=args.include_flagged)
+        settings = _settings(args)
+    except (InvalidInput, ValueError) as error:
+        return fail(str(error))
+
+    journal = Journal(config.journal_path)
+    try:
+        data = select_examples(journal, config.data_dir, filters, args.method, held_out_fraction=args.held_out)
+    finally:
+        journal.close()
+    unit = "preference pairs" if args.method == "dpo" else "rated images"
+    left = "; ".join(f"{reason}: {n}" for reason, n in data.left_out.items()) or "nothing"
+    if len(data.train) < args.min_examples:
+        return fail(f"only {len(data.train)} usable {unit} for training (need --min-examples {args.min_examples}); "
+                    f"left out: {left}")
+    if args.method == "kto" and len({e.desirable for e in data.train}) < 2:  # type: ignore[union-attr]
+        return fail("kto needs both liked and disliked images among the training examples")
+    print(f"training {args.method} on {len(data.train)} {unit} ({len(data.held_out)} held out) from "
+          f"{data.rounds_used} rounds, the log through event {data.journal_seq}; left out: {left}")
+    data_commit = sync_journal(config, data.journal_seq)
+
+    from pipeline.training import InsufficientMemory, train
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    stop = stop or threading.Event()
+    previous = _on_sigint(stop)
+    bar = _ProgressBar()
+    try:
+        result = train(config.model.id, data.train, data.held_out, out, settings, progress=bar, stop=stop,
+                       resume=args.resume, device=args.device, local_files_only=config.model.local_files_only)
+    except InsufficientMemory as error:
+        return fail(str(error))
+    except ValueError as error:  # a resume with other settings or data, a bad example
+        return fail(str(error))
+    finally:
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if result.interrupted:
+        print(f"stopped at step {result.steps_done} of {settings.steps}; checkpoint saved in {result.checkpoint}.\n"
+              f"Continue with the same options and --resume: refinery train --name {args.name} --resume ...")
+        return EXIT_INTERRUPTED
+
+    meta = training_record(args.name, config, data.summary(), data_commit, filters.describe(), result)
+    (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(model_card(meta), encoding="utf-8")
+    print(f"adapter: {result.lora}  (held-out implicit accuracy {_pct(meta['held_out_accuracy_start'])} → "
+          f"{_pct(meta['held_out_accuracy'])})")
+    outcome = commit_model(config, args.name, out)
+    if "error" in outcome or "commit_id" not in outcome:
+        return fail(f"the adapter is saved but not committed to Oxen: {outcome.get('error', 'no answer')}", 1)
+    print(f"oxen: branch {outcome['branch']}, commit {outcome['commit_id']}")
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from pipeline.training import TrainSettings
+
+    return TrainSettings(method=args.method, steps=args.steps, rank=args.rank, lr=args.lr, beta=args.beta,
+                         batch=args.batch, grad_accum=args.grad_accum, resolution=args.resolution, seed=args.seed,
+                         gradient_checkpointing=args.gradient_checkpointing, eval_every=args.eval_every).check()
+
+
+def _on_sigint(stop: threading.Event) -> Any:
+    """Ctrl-C asks the loop to stop after its step (a second one still interrupts at once)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handle(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("\nstopping after this step; saving a checkpoint…", file=sys.stderr)
+        stop.set()
+
+    return signal.signal(signal.SIGINT, handle)
+
+
+class _ProgressBar:
+    """tqdm's bar with the loss and implicit accuracies (train, held-out); it/s and ETA are tqdm's own."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def __call__(self, progress: Any) -> None:
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=progress.steps, initial=progress.step - 1, unit="step", file=sys.stderr,
+                             dynamic_ncols=True)
+        self._bar.n = progress.step
+        held = "-" if progress.held_out_accuracy is None else f"{progress.held_out_accuracy:.2f}"
+        self._bar.set_postfix_str(f"loss {progress.loss:.4f} acc {progress.train_accuracy:.2f} held-out {held}")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# -- the Oxen writer: the only process that may open the log's repository ------------------------------
+def _writer_once(config: Config, timeout_s: float) -> None:
+    from bot.app import writer_settings
+
+    argv = replace(writer_settings(config), once=True, remote=None).to_argv()
+    subprocess.run([sys.executable, "-m", "storage.oxen_writer", *argv], capture_output=True, timeout=timeout_s,
+                   check=False, cwd=Path(__file__).resolve().parents[1])
+
+
+def sync_journal(config: Config, seq: int, timeout_s: float = 120.0) -> str | None:
+    """Get the log through `seq` into Oxen; its commit id (None if that took too long)."""
+    from storage.journal import Journal
+    from storage.writer_settings import FLUSH_FILE, writer_running
+
+    journal = Journal(config.journal_path)
+    try:
+        if journal.synced_through() < seq:
+            if writer_running(config.oxen_repo_path):  # the bot's writer: ask it for a commit now
+                (config.data_dir / FLUSH_FILE).touch()
+                deadline = time.monotonic() + timeout_s
+                while journal.synced_through() < seq and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            else:
+                _writer_once(config, timeout_s)
+        return journal.commit_of(seq) if journal.synced_through() >= seq else None
+    finally:
+        journal.close()
+
+
+def commit_model(config: Config, name: str, folder: Path, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Have the writer commit `folder` on branch models/<name>; its answer ({"commit_id", ...} or {"error"})."""
+    from storage.model_branches import commit_outcome, request_commit, requests_dir
+    from storage.writer_settings import writer_running
+
+    (requests_dir(config.data_dir) / f"{name}.done.json").unlink(missing_ok=True)  # a stale answer of a retry
+    request_commit(config.data_dir, name, folder)
+    if not writer_running(config.oxen_repo_path):
+        _writer_once(config, timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while (outcome := commit_outcome(config.data_dir, name)) is None:
+        if time.monotonic() > deadline:
+            return {"error": f"the Oxen writer did not answer within {timeout_s:.0f} s (the request stays queued)"}
+        time.sleep(0.1)
+    return outcome
+
+
+# -- what is kept beside the adapter ------------------------------------------------------------------
+def training_record(name: str, config: Config, data: dict[str, Any], data_commit: str | None,
+                    selection: dict[str, Any], result: Any) -> dict[str, Any]:
+    """training.json: which data (and its Oxen commit), which settings, what happened. No absolute paths."""
+    from pipeline.checkpoints import public_model_id
+
+    lora = Path(result.lora)
+    run = result.to_dict()
+    for key in ("lora", "checkpoint", "model"):
+        run.pop(key, None)
+    held = result.curves.held_out
+    return {
+        "name": name, "method": result.settings.method, "steps_done": result.steps_done,
+        "created_at": time.time(), "base_model": public_model_id(config.model.id),
+        "adapter_file": lora.name, "adapter_sha256": hashlib.sha256(lora.read_bytes()).hexdigest(),
+        "held_out_accuracy_start": held[0][1] if held else None, "held_out_accuracy": result.held_out_accuracy,
+        "selection": selection, "data": {**data, "oxen_commit": data_commit}, **run,
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f} %"
+
+
+def model_card(meta: dict[str, Any]) -> str:
+    data, settings = meta["data"], meta["settings"]
+    method = "Diffusion-DPO" if meta["method"] == "dpo" else "Diffusion-KTO"
+    unit = "preference pairs" if meta["method"] == "dpo" else "rated images"
+    left = "; ".join(f"{reason}: {n}" for reason, n in data["left_out"].items()) or "nothing"
+    return "\n".join([
+        "---", f"base_model: {meta['base_model']}", "library_name: diffusers",
+        f"tags: [lora, {meta['method']}, refinery, text-to-image]", "---", "",
+        f"# {meta['name']}", "",
+        f"A LoRA adapter for `{meta['base_model']}` trained by Refinery with {method} on the votes of a Discord "
+        f"community: {data['train_examples']} {unit} for training and {data['held_out_examples']} held out (by "
+        f"prompt), from {data['rounds_used']} rounds of the log through event {data['journal_seq']} (Oxen commit "
+        f"`{data['oxen_commit'] or 'not yet committed'}`). Left out: {left}.", "",
+        f"Held-out implicit accuracy: {_pct(meta['held_out_accuracy_start'])} before training, "
+        f"{_pct(meta['held_out_accuracy'])} after {meta['steps_done']} steps "
+        "(the share of held-out examples on which the adapter moved toward the community's choice more than "
+        "the base model).", "",
+        "```python", "pipe = StableDiffusionPipeline.from_pretrained(BASE)",
+        f"pipe.load_lora_weights(\"<this folder>\", weight_name=\"{meta['adapter_file']}\")", "```", "",
+        "| setting | value |", "|---|---|",
+        *(f"| {key} | {value} |" for key, value in settings.items()),
+        f"| beta (used) | {meta['beta']} |", "",
+        f"Trained on {meta['device']} ({meta['dtype']}) in {meta['seconds']:.0f} s. `training.json` holds the "
+        "selection, the data's counts, every setting, the loss and accuracy curves and the library versions.", "",
+    ])

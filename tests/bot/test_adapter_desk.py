@@ -1,0 +1,108 @@
+"""The adapter desk: which adapter new requests get, arena draws, and what a restart remembers."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.adapters import AdapterDesk, arena_request
+from bot.config import config_from_dict
+from bot.errors import InvalidInput, NotAllowed
+from bot.permissions import Action, Member
+from pipeline.requests import AdapterRef, GenerationRequest, Mode
+from storage.async_journal import AsyncJournal
+from storage.journal import Journal
+
+REQUEST = GenerationRequest(prompt="a fox", seeds=(10, 11, 12, 13), steps=4, guidance=7.5, width=64, height=64)
+MOD, MEMBER = Member(1, manage_guild=True), Member(2)
+
+
+def deny(action: Action, member: Member) -> None:
+    if not member.manage_guild:
+        raise NotAllowed("Only moderators can change the model or run the arena")
+
+
+@pytest.fixture
+async def journal(tmp_path: Path) -> AsyncIterator[AsyncJournal]:
+    journal = AsyncJournal(Journal(tmp_path / "journal.sqlite3"))
+    yield journal
+    await journal.close()
+
+
+def config(tmp_path: Path, **sections: dict) -> object:
+    models = tmp_path / "models" / "red"
+    models.mkdir(parents=True, exist_ok=True)
+    (models / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    return config_from_dict({"storage": {"data_dir": str(tmp_path)}, **sections})
+
+
+def test_an_arena_request_pairs_seeds_and_shuffles_two_arms() -> None:
+    """Two base and two adapter candidates on the first two seeds, in a drawn order."""
+    ref = AdapterRef("red", "f" * 64)
+    orders = set()
+    for seed in range(40):
+        request = arena_request(REQUEST, ref, random.Random(seed))
+        assert sorted(request.arms) == [False, False, True, True] and request.adapter == ref
+        for arm in (False, True):
+            assert sorted(s for s, a in zip(request.seeds, request.arms, strict=True) if a is arm) == [10, 11]
+        orders.add(request.arms)
+    assert len(orders) == 6, "every arrangement of two and two is drawn"
+
+
+async def test_apply_stamps_the_adapter_and_draws_arena_rounds_for_fresh_prompts(tmp_path: Path,
+                                                                               journal: AsyncJournal) -> None:
+    """Fresh text-to-image prompts become arena rounds at `fraction`; replies and buttons only get the adapter."""
+    desk = AdapterDesk(config(tmp_path), journal, deny, rng=random.Random(0))
+    await desk.load()
+    assert desk.apply(REQUEST, "slash") == REQUEST  # nothing in use
+    await desk.use(MOD, "red", 0.5)
+    assert desk.apply(REQUEST, "reply").adapter == desk.active and desk.active.weight == 0.5
+    await desk.arena_start(MOD, "red", 1.0)
+    assert len(set(desk.apply(REQUEST, "slash").arms)) == 2
+    assert desk.apply(REQUEST, "button").arms == ()
+    assert desk.apply(REQUEST.__class__(**{**REQUEST.__dict__, "mode": Mode.IMAGE, "init_image": b"x"}),
+                      "message").arms == ()
+    await desk.arena_start(MOD, "red", 0.5)
+    half = AdapterDesk(config(tmp_path), journal, deny, rng=random.Random(1))
+    await half.load()  # the journaled arena comes back, at its fraction
+    drawn = sum(bool(half.apply(REQUEST, "slash").arms) for _ in range(400))
+    assert 160 < drawn < 240, drawn
+
+
+async def test_choices_are_journaled_and_replayed_and_refused_to_members(tmp_path: Path,
+                                                                        journal: AsyncJournal) -> None:
+    """A restart keeps the moderators' choices; members are refused; bad names and values are named."""
+    desk = AdapterDesk(config(tmp_path), journal, deny)
+    await desk.load()
+    with pytest.raises(NotAllowed):
+        await desk.use(MEMBER, "red", 1.0)
+    with pytest.raises(InvalidInput, match="no trained adapter `blue`"):
+        await desk.use(MOD, "blue", 1.0)
+    with pytest.raises(InvalidInput, match="weight=3"):
+        await desk.use(MOD, "red", 3.0)
+    with pytest.raises(InvalidInput, match="fraction=0"):
+        await desk.arena_start(MOD, "red", 0.0)
+    await desk.use(MOD, "red", 1.0)
+    await desk.arena_start(MOD, "red", 0.25)
+    await desk.arena_stop(MOD)
+    again = AdapterDesk(config(tmp_path), journal, deny)
+    await again.load()
+    assert again.active == desk.active and again.arena is None
+    reasons = [json.loads(e.record.reason) for e in await journal.events("moderation")]
+    assert reasons[0]["name"] == "red" and len(reasons[0]["sha256"]) == 64
+
+
+async def test_config_defaults_apply_when_nothing_was_journaled(tmp_path: Path, journal: AsyncJournal) -> None:
+    """[model] adapter and [arena] adapter/fraction at start-up; a missing adapter falls back to the base model."""
+    desk = AdapterDesk(config(tmp_path, model={"adapter": "red", "adapter_weight": 0.7},
+                              arena={"adapter": "red", "fraction": 0.3}), journal, deny)
+    await desk.load()
+    assert desk.active is not None and desk.active.weight == 0.7
+    assert desk.arena is not None and desk.arena.fraction == 0.3
+    missing = AdapterDesk(config(tmp_path, model={"adapter": "gone"}), journal, deny)
+    await missing.load()
+    assert missing.active is None

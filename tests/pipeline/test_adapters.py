@@ -1,0 +1,77 @@
+"""Trained adapters in the generator: loaded by name, checked by sha256, switched per run; arena rounds."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bot.service import adapter_refusal
+from pipeline.adapters import AdapterUnavailable, file_sha256
+from pipeline.diffusers_generator import DiffusersGenerator, GeneratorSettings
+from pipeline.redis_queue import RemoteGenerationError
+from pipeline.requests import AdapterRef, GenerationRequest, batch_key
+from pipeline.tiny import build_tiny_adapter
+from tests.conftest import TinyModels
+
+REQUEST = GenerationRequest(prompt="a fox", seeds=(3, 4, 3, 4), steps=3, guidance=7.5, width=64, height=64)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory, tiny_models: TinyModels) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    build_tiny_adapter(folder / "red", tiny_models.sd)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def served(models: Path, tiny_models: TinyModels) -> DiffusersGenerator:
+    return DiffusersGenerator(GeneratorSettings(model=str(tiny_models.sd), scheduler="ddim", device="cpu",
+                                                local_files_only=True, models_dir=str(models))).load()
+
+
+def red(models: Path) -> AdapterRef:
+    return AdapterRef("red", file_sha256(models / "red" / "pytorch_lora_weights.safetensors"))
+
+
+def test_requests_with_adapters_cross_processes_and_arena_rounds_never_batch(models: Path) -> None:
+    """to_dict/from_dict keep the adapter and arms; a mixed-arm round has no batch key; bad arms are refused."""
+    arena = replace(REQUEST, adapter=red(models), arms=(False, True, True, False))
+    assert GenerationRequest.from_dict(arena.to_dict()) == arena
+    assert batch_key(arena) == "" and batch_key(replace(REQUEST, adapter=red(models))) != batch_key(REQUEST)
+    assert arena.uses_adapter(1) and not arena.uses_adapter(0) and replace(arena, arms=()).uses_adapter(0)
+
+
+def test_the_adapter_changes_images_and_the_base_comes_back_bit_identical(served: DiffusersGenerator,
+                                                                          models: Path) -> None:
+    """With the adapter the same seeds give other images; afterwards the base model's are unchanged."""
+    base = served.generate(REQUEST)
+    adapted = served.generate(replace(REQUEST, adapter=red(models)))
+    assert all(a != b for a, b in zip(base.images, adapted.images, strict=True))
+    assert adapted.extras["adapter"].startswith("red@sha256:")
+    assert served.generate(REQUEST).images == base.images
+
+
+def test_an_arena_request_puts_each_arm_in_its_positions(served: DiffusersGenerator, models: Path) -> None:
+    """Arms (b, a, a, b) on seeds (3, 3, 4, 4): positions 1 and 4 are the base's, 2 and 3 the adapter's."""
+    ref = red(models)
+    arena = served.generate(replace(REQUEST, seeds=(3, 3, 4, 4), adapter=ref, arms=(False, True, True, False)))
+    base = served.generate(replace(REQUEST, seeds=(3, 4)))
+    adapted = served.generate(replace(REQUEST, seeds=(3, 4), adapter=ref))
+    assert arena.images == (base.images[0], adapted.images[0], adapted.images[1], base.images[1])
+    assert arena.seeds == (3, 3, 4, 4) and arena.extras["arms"] == "baab"
+
+
+def test_missing_or_other_weights_are_refused_with_a_reason(served: DiffusersGenerator, models: Path) -> None:
+    """A name not on this worker, or a sha256 that differs from the file's: AdapterUnavailable saying which."""
+    with pytest.raises(AdapterUnavailable, match="`blue` is not on this worker"):
+        served.generate(replace(REQUEST, adapter=AdapterRef("blue", "0" * 64)))
+    with pytest.raises(AdapterUnavailable, match="other weights"):
+        served.generate(replace(REQUEST, adapter=AdapterRef("red", "0" * 64)))
+    with pytest.raises(ValueError, match="arms has 3 entries for 4 seeds"):
+        served.generate(replace(REQUEST, adapter=red(models), arms=(True, False, True)))
+    # Through Redis the worker's error arrives as text: the service still finds the reason for the user.
+    remote = RemoteGenerationError("AdapterUnavailable: adapter `red` here has other weights")
+    assert adapter_refusal(remote) == "adapter `red` here has other weights"
+    assert adapter_refusal(RuntimeError("CUDA out of memory")) is None

@@ -1,0 +1,72 @@
+"""Arena comparisons from the log, and the report (`refinery arena report`) built on them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.__main__ import main
+from storage.arena import arena_report, comparisons
+from storage.journal import Journal
+from tests.storage.export_log import ANN, BEN, CAT, DAN, T0, add_round, moderate, vote
+
+ADAPTER = "red@sha256:0123456789ab"
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+def arena_log(journal: Journal, data_dir: Path) -> dict[str, str]:
+    """Two arena rounds (arms "abba" and "baab"), a flagged one, and an ordinary round."""
+    rounds = {
+        "one": add_round(journal, data_dir, "a fox", ANN, T0, adapter=ADAPTER, arms="abba"),
+        "two": add_round(journal, data_dir, "a kite", ANN, T0 + 1, adapter=ADAPTER, arms="baab"),
+        "flagged": add_round(journal, data_dir, "a storm", ANN, T0 + 2, adapter=ADAPTER, arms="abab"),
+        "plain": add_round(journal, data_dir, "a cat", ANN, T0 + 3),
+    }
+    # one: BEN picks both adapter images (1, 4) → 4 adapter wins; CAT picks 2 (base) → 2 base wins;
+    # DAN picks 1 and 2 (one of each) → a1-b2 tie, a1>b3, a4<b2, a4-b3 tie → 1 adapter win, 1 base win.
+    for user, ks in ((BEN, (1, 4)), (CAT, (2,)), (DAN, (1, 2))):
+        for k in ks:
+            vote(journal, rounds["one"], k, user)
+    vote(journal, rounds["two"], 2, BEN)  # two: adapter at 2 and 3 → 2 adapter wins
+    vote(journal, rounds["two"], 0, CAT)  # "none is good" only: no comparison
+    vote(journal, rounds["flagged"], 1, BEN)
+    vote(journal, rounds["plain"], 1, BEN)
+    moderate(journal, "flag", rounds["flagged"])
+    return rounds
+
+
+def test_comparisons_follow_the_votes_and_the_exclusions(journal: Journal, data_dir: Path) -> None:
+    """Cross-arm pairs the voter did not tie on; flagged and ordinary rounds give none."""
+    rounds = arena_log(journal, data_dir)
+    found = comparisons(journal, data_dir)
+    assert {c.round_id for c in found} == {rounds["one"], rounds["two"]}
+    assert sum(c.adapter_won for c in found) == 7 and len(found) == 10
+    dan = sorted((c.adapter_position, c.base_position, c.adapter_won) for c in found if c.voter == DAN)
+    assert dan == [(1, 3, True), (4, 2, False)]
+    (report,) = arena_report(journal, data_dir)
+    assert report.adapter == ADAPTER and report.rounds == 2
+    assert (report.result.wins, report.result.comparisons) == (7, 10)
+    assert sum(w.comparisons for w in report.by_position.values()) == 20  # each comparison has two positions
+
+
+def test_the_cli_report(journal: Journal, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`refinery arena report` prints the win-rate, interval, p-value, position check and votes needed."""
+    arena_log(journal, data_dir)
+    config = tmp_path / "refinery.toml"
+    config.write_text(f'[storage]\ndata_dir = "{data_dir}"\n')
+    assert main(["arena", "report", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert f"{ADAPTER}: adapter won 7 of 10 decisive comparisons (70.0%, 95 % CI" in out
+    assert "p = 0.344 vs 50 %" in out and "55 % vs 50 %: 783 in all" in out and "position check" in out
+    assert main(["arena", "report", "--config", str(config), "--name", "blue"]) == 0
+    assert "no arena rounds for adapter 'blue'" in capsys.readouterr().out
