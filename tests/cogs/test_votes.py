@@ -109,3 +109,17 @@ async def test_votes_of_users_who_ran_forget_me_are_not_logged(world: World, sta
         await settle(app, round_id, {2: {world.alice}})
         await asyncio.sleep(0.2)  # bob's reaction was handled before alice's; make sure nothing trails
         assert (await app.journal.stats()).by_kind.get("votes") == 1
+
+
+async def test_a_rate_limit_never_drops_a_retraction(world: World, start_bot) -> None:
+    """Over `events_per_minute`, new votes are dropped, but removing a journaled vote still retracts it."""
+    async with start_bot({"moderation": {"events_per_minute": 3}}) as app:
+        message = await make_round(world)
+        mid = int(message["id"])
+        round_id = (await app.service.round_for_message(mid)).round_id
+        for emoji in (ONE, TWO, THREE, FOUR):  # the fourth is over the limit: dropped
+            await world.server.add_reaction(world.imagine, mid, world.bob, emoji)
+        await world.server.remove_reaction(world.imagine, mid, world.bob, ONE)
+        await world.server.add_reaction(world.imagine, mid, world.alice, NONE)  # a marker handled after it
+        await settle(app, round_id, {2: {world.bob}, 3: {world.bob}, 0: {world.alice}})
+        assert app.service.dropped_events == 1
