@@ -135,10 +135,18 @@ def build(config: Config, plan: ExportPlan, out: Path, pseudo: Pseudonymiser, *,
     """Blocking: replay the journal (own read connection, so the bot's journal thread is never held)."""
     journal = Journal(config.journal_path)
     try:
+        # Mentions of forgotten or excluded users in other people's prompts and replies name nobody.
+        pseudo = pseudo.forgetting(forgotten_users(journal) | plan.filters.excluded_users)
         return build_dataset(journal, config.data_dir, out, plan.formats, plan.filters, pseudo, name=plan.name,
                              progress=progress)
     finally:
         journal.close()
+
+
+def forgotten_users(journal: Journal) -> set[int]:
+    """Users who ran /forget-me, read from the journal's moderation events (few, and indexed by kind)."""
+    return {e.record.target_user_id for e in journal.events(kind="moderation")
+            if isinstance(e.record, ModerationAction) and e.record.action == "forget_me" and e.record.target_user_id}
 
 
 def zip_folder(folder: Path, limit: int = ATTACH_LIMIT_BYTES) -> bytes | None:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+from collections.abc import Iterable
 
 PREFIX = "u_"
 DIGEST_CHARS = 16  # 64 bits: collisions stay negligible for any community size we will see
 MENTION = re.compile(r"<@!?(\d+)>")  # a Discord user mention carries the raw id
+FORGOTTEN_MENTION = "@someone"  # stands in for a mention of a user who ran /forget-me
 
 
 class ExportKeyMissingError(ValueError):
@@ -24,10 +26,11 @@ class ExportKeyMissingError(ValueError):
 class Pseudonymiser:
     """Maps user ids to stable pseudonyms, `u_` + 16 hex chars of HMAC-SHA256(key, str(user_id))."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, forgotten: Iterable[int] = ()) -> None:
         if not key:
             raise ExportKeyMissingError("the pseudonymisation key is empty")
         self._key = key
+        self._forgotten = frozenset(int(u) for u in forgotten)
         self._cache: dict[int, str] = {}
 
     @classmethod
@@ -47,9 +50,19 @@ class Pseudonymiser:
             cached = self._cache[user_id] = PREFIX + digest[:DIGEST_CHARS]
         return cached
 
+    def forgetting(self, user_ids: Iterable[int]) -> Pseudonymiser:
+        """The same pseudonyms, but mentions of `user_ids` (who ran /forget-me) become "@someone": their
+        stable pseudonym would link other people's prompts to the rows of theirs in earlier exports."""
+        return Pseudonymiser(self._key, self._forgotten | frozenset(user_ids))
+
     def scrub(self, text: str | None) -> str | None:
-        """Replace user mentions (`<@123>`, `<@!123>`) in free text by `@<pseudonym>`."""
-        return None if text is None else MENTION.sub(lambda m: "@" + self.user(int(m.group(1))), text)
+        """Replace user mentions (`<@123>`, `<@!123>`) in free text by `@<pseudonym>` (by "@someone"
+        for a forgotten user)."""
+        return None if text is None else MENTION.sub(self._mention, text)
+
+    def _mention(self, match: re.Match[str]) -> str:
+        user_id = int(match.group(1))
+        return FORGOTTEN_MENTION if user_id in self._forgotten else "@" + self.user(user_id)
 
     def __repr__(self) -> str:
         return "Pseudonymiser(key=<hidden>)"

@@ -202,3 +202,30 @@ async def test_out_of_range_moderator_input_is_refused_by_value(world: World, st
         assert "`99999999999999999999999` is not a round id" in flag.responses[0]["data"]["content"]
         assert (await app.journal.stats()).by_kind.get("errors") == 2, "both shown as expected errors"
         assert not (app.config.data_dir / "exports").exists() and await moderation_count(app) == 0
+
+
+async def test_a_forgotten_user_is_named_nowhere_in_a_later_export(world: World, start_bot, monkeypatch) -> None:
+    """After bob's /forget-me, alice's prompt that mentions him is exported with "@someone": his stable
+    pseudonym appears in no file of the export."""
+    from storage.pseudonyms import Pseudonymiser
+
+    monkeypatch.setenv("REFINERY_EXPORT_KEY", KEY)
+    owner = world.server.add_user("owner", permissions=MANAGE_GUILD)
+    async with start_bot() as app:
+        msg, round_id = await make_round(world, app, world.alice, f"a portrait of <@{world.bob}>")
+        await world.server.add_reaction(world.imagine, msg, world.alice, ONE)
+        await slash(world, "forget-me", {}, world.bob)
+
+        async def settled() -> bool:
+            return bool((await app.journal.vote_state(round_id)).get(1)) and await moderation_count(app) == 1
+        await until(settled)
+        await slash(world, "export", {"name": "later", "formats": "ratings"}, owner,
+                    lambda i: bool(i.original and "📦" in i.original["content"]))
+        folder = app.config.data_dir / "exports" / "later"
+    prompts = {row["prompt"] for row in pq.read_table(folder / "ratings" / "train.parquet").to_pylist()}
+    assert prompts == {"a portrait of @someone"}
+    pseudonym = Pseudonymiser.from_secret(KEY).user(world.bob)
+    for path in (p for p in folder.rglob("*") if p.is_file() and ".oxen" not in p.parts):
+        text = str(pq.read_table(path).to_pylist()) if path.suffix == ".parquet" else path.read_bytes().decode(
+            "utf-8", "replace")
+        assert pseudonym not in text and str(world.bob) not in text, path
