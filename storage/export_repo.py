@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from storage.child_env import child_environment
 
 TITLE = "refinery export {name}: {rows}"
 # An export name becomes a folder (and an adapter's name a branch): no spaces, slashes, dots or parentheses.
@@ -60,7 +61,7 @@ def commit_in_process(folder: Path, name: str) -> dict[str, Any]:
 def commit_export(folder: Path, name: str, *, config_dir: Path | None = None,
                   timeout_s: float = 300.0) -> dict[str, Any]:
     """Commit an export folder as its own repository from a child process; {"commit_id", ...} or {"error"}."""
-    env = dict(os.environ)
+    env = child_environment()  # the commit needs no secret of the bot's
     if config_dir is not None:
         env.setdefault("OXEN_CONFIG_DIR", str(config_dir))  # the commit identity the writer uses too
     try:

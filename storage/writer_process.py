@@ -12,8 +12,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from storage.child_env import child_environment
 from storage.journal import Journal
-from storage.writer_settings import EXIT_CONFIG, FLUSH_FILE, REEXEC_ENV, WriterSettings
+from storage.writer_settings import EXIT_CONFIG, FLUSH_FILE, WriterSettings
 
 log = logging.getLogger("refinery.oxen_writer")
 
@@ -52,7 +53,7 @@ class WriterProcess:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         settings = replace(self.settings, once=False, parent_pid=os.getpid())
         root = str(Path(__file__).resolve().parent.parent)  # so `-m storage.oxen_writer` resolves
-        env = {k: v for k, v in os.environ.items() if k != REEXEC_ENV}
+        env = child_environment()  # no DISCORD_TOKEN, no REFINERY_EXPORT_KEY (nor REEXEC_ENV)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         with open(self.log_path, "ab") as out:
             self._proc = subprocess.Popen([sys.executable, "-m", "storage.oxen_writer", *settings.to_argv()],

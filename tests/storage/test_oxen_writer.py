@@ -159,3 +159,23 @@ def test_a_failing_remote_never_blocks_commits(journal: Journal, settings: Write
     assert "next push in" in text and "secret-token" not in text
     assert "events: 4 total, 0 not yet in Oxen" in text
     assert "refinery: 4 votes (events 1-4)" in text
+
+
+def test_the_writer_gets_no_secret_it_does_not_use(settings: WriterSettings, monkeypatch) -> None:
+    """The writer process's environment has OXEN_AUTH_TOKEN (it pushes) but neither DISCORD_TOKEN nor
+    REFINERY_EXPORT_KEY; the export commit's child gets the same allow-list."""
+    secrets = {"DISCORD_TOKEN": "discord-secret", "REFINERY_EXPORT_KEY": "export-secret", "AWS_SECRET": "x"}
+    for name, value in (secrets | {"OXEN_AUTH_TOKEN": "oxen-token"}).items():
+        monkeypatch.setenv(name, value)
+    writer = WriterProcess(replace(settings, interval_s=60.0))
+    writer.start()
+    try:
+        assert writer.pid is not None
+        raw = Path(f"/proc/{writer.pid}/environ").read_bytes()
+        env = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    finally:
+        writer.stop(timeout=20)
+    assert not set(secrets) & set(env), sorted(env)
+    assert env["OXEN_AUTH_TOKEN"] == "oxen-token" and "PATH" in env and "PYTHONPATH" in env
+    from storage.child_env import child_environment  # here: the assertions above hold the old code to account
+    assert not set(secrets) & set(child_environment())
