@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 
 from bot.adapters import AdapterDesk
 from bot.config import Config
+from bot.discord_limits import shown
 from bot.errors import (
     GenerationFailed,
     Interrupted,
@@ -315,6 +316,10 @@ class RefineryService:
         mine = {k for k, users in state.items() if user_id in users}
         candidate, why = choose_candidate(plan.candidate, mine, {k: len(v) for k, v in state.items()})
         mask = None
+        if mask_attachment is not None and candidate is None:
+            # A mask belongs to one image: a remix of all four would drop it without a word.
+            raise InvalidInput(f"Which candidate is the attached mask for? Reply again with its number "
+                               f"and the mask, e.g. `2: {shown(plan.instruction, 60)}` (1 to {len(parent.seeds)}).")
         if mask_attachment is not None:
             mask = await asyncio.to_thread(attached_mask, mask_attachment, (parent.width, parent.height),
                                            self.config)

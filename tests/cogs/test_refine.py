@@ -199,3 +199,15 @@ async def test_a_reply_padded_with_invisible_characters_is_answered(world: World
         answer = await reply_and_wait(world, parent, world.bob, "more " + "\u200b" * 490)
         assert len(answer["attachments"]) == 4 and "remixing all four with 'more'" in answer["content"]
         assert (await child_of(app, answer)).parent_round_id is not None
+
+
+async def test_an_attached_mask_without_a_target_asks_which_candidate(world: World, start_bot, refine_models) -> None:
+    """No number and no votes: an attached mask is not dropped into a remix; the answer asks which one."""
+    async with start_bot(refine_models) as app:
+        parent = await make_round(world)
+        rounds_before = (await app.journal.stats()).by_kind.get("rounds", 0)
+        mask = Image.new("L", (16, 16), 255)
+        answer = await reply_and_wait(world, parent, world.bob, "a stone wall", [("mask.png", png(mask), "image/png")])
+        assert "Which candidate is the attached mask for" in answer["content"] and "1 to 4" in answer["content"]
+        assert answer["attachments"] == []
+        assert (await app.journal.stats()).by_kind.get("rounds", 0) == rounds_before
