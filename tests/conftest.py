@@ -9,6 +9,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import contextlib
+import json
+import shutil
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,24 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
         instruct=build_tiny_instruct_unet(root / "instruct"),
         clipseg=build_tiny_clipseg(root / "clipseg"),
     )
+
+
+@pytest.fixture(scope="session")
+def colour_model(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with two config values changed so that a random UNet can see colour (for the
+    tests where training must learn "reddish beats bluish").
+
+    Its UNet has 32 GroupNorm groups on 32 channels: each channel is normalised on its own, which
+    erases a solid colour (a per-channel constant) before any attention layer sees it. One group
+    (SD 1.5 has 10 channels per group) keeps the channels' relative levels, and a VAE scaling factor
+    of 10 lifts the random VAE's small latents above the diffusion noise at most timesteps.
+    """
+    folder = tmp_path_factory.mktemp("colour") / "sd"
+    shutil.copytree(tiny_models.sd, folder)
+    for part, key, value in (("unet", "norm_num_groups", 1), ("vae", "scaling_factor", 10.0)):
+        config = folder / part / "config.json"
+        config.write_text(json.dumps(json.loads(config.read_text()) | {key: value}))
+    return folder
 
 
 @pytest.fixture(scope="session")

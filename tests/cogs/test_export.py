@@ -101,7 +101,8 @@ async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, s
         export_s = time.monotonic() - started
         assert answer.responses[0]["type"] == 5 and answer.responses[0]["data"]["flags"] & EPHEMERAL
         text = answer.original["content"]
-        assert ("4 ratings · 4 pairs · 6 voter_pairs · 2 rankings · 4 kto · 0 edits · 0 edit_pairs · 0 arena from 1 round."
+        assert ("4 ratings · 4 pairs · 6 voter_pairs · 2 rankings · 4 kto · 0 edits · 0 edit_pairs · 0 arena "
+                "from 1 round."
                 in text), text
         assert "the folder is its own repository (only this export), commit `" in text, text
         (attachment,) = answer.original["attachments"]

@@ -1,0 +1,133 @@
+"""`refinery train`: from a community's votes to a trained adapter on the Oxen branch models/<name>."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.__main__ import main
+from storage.journal import Journal
+from tests.community import build_community
+from tests.oxen_reader import committed_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+FAST = ["--resolution", "64", "--batch", "4", "--rank", "4", "--lr", "3e-3", "--threads", "1",
+        "--min-examples", "8", "--held-out", "0.25"]
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """main() installs its own root handler; put pytest's back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
+
+
+@pytest.fixture
+def community_config(tmp_path: Path, colour_model: Path) -> Path:
+    """A config on the colour-seeing tiny checkpoint whose journal holds the reddish-beats-bluish community."""
+    path = tmp_path / "refinery.toml"
+    path.write_text(f'[model]\nid = "{colour_model}"\nlocal_files_only = true\ndevice = "cpu"\n'
+                    '[storage]\ndata_dir = "data"\n')
+    journal = Journal(tmp_path / "data" / "journal.sqlite3")
+    build_community(journal, tmp_path / "data")
+    journal.close()
+    return path
+
+
+@pytest.mark.slow
+def test_train_makes_a_versioned_adapter_that_learned(community_config: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """One command: examples from the votes, a LoRA whose held-out accuracy rose, training.json and a card,
+    all committed on models/<name> (read back with the oxen package) on top of the data's own commit."""
+    code = main(["train", "--config", str(community_config), "--name", "redder", "--steps", "24",
+                 "--eval-every", "8", *FAST])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    folder = tmp_path / "data" / "models" / "redder"
+    meta = json.loads((folder / "training.json").read_text())
+    assert meta["method"] == "dpo" and meta["steps_done"] == 24 and meta["base_model"] == "sd"
+    assert meta["held_out_accuracy"] > meta["held_out_accuracy_start"], meta["curves"]["held_out"]
+    assert "inpaint round: its prompt is the reply, not a caption" in meta["data"]["left_out"]
+    assert meta["data"]["oxen_commit"] and meta["data"]["train_examples"] >= 8
+    assert str(tmp_path) not in (folder / "training.json").read_text()  # no absolute path
+    assert "adapter: " in captured.out and "oxen: branch models/redder, commit " in captured.out
+    assert not (folder / "checkpoint").exists()
+
+    branch = committed_rows(tmp_path / "data" / "oxen", "models/redder")
+    assert sorted(branch["models"]) == ["models/README.md", "models/redder/README.md",
+                                        "models/redder/pytorch_lora_weights.safetensors",
+                                        "models/redder/training.json"]
+    assert branch["log"][0].startswith("refinery model redder: dpo, 24 steps")
+    assert len(branch["tables"]["votes"]) > 0, "the branch starts from the log's commit holding the data"
+    main_branch = committed_rows(tmp_path / "data" / "oxen")
+    assert main_branch["branch"] == "main" and list(main_branch["models"]) == ["models/README.md"]
+
+
+def test_too_little_data_is_one_line_and_exit_2(community_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Fewer usable examples than --min-examples: exit 2 and one line naming the counts; nothing written."""
+    code = main(["train", "--config", str(community_config), "--name", "tiny", "--min-examples", "1000"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("refinery train: only ") and "preference pairs" in err and "--min-examples 1000" in err
+    assert not (community_config.parent / "data" / "models" / "tiny").exists()
+
+
+def test_bad_options_are_named(community_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad name, a bad day, bad settings and a resume of nothing are refused with the value named."""
+    cases = ((["--name", "../up"], "--name '../up'"), (["--name", "a", "--since", "yesterday"], "since='yesterday'"),
+             (["--name", "a", "--rank", "0"], "rank must be a positive integer"),
+             (["--name", "a", "--resume"], "nothing to resume"))
+    for extra, expected in cases:
+        assert main(["train", "--config", str(community_config), *extra]) == 2
+        assert expected in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_checkpoint_and_resume_finishes(community_config: Path, tmp_path: Path) -> None:
+    """Ctrl-C mid-run: exit 130, a checkpoint and a --resume hint; --resume then finishes the same run."""
+    argv = [sys.executable, "-m", "bot", "train", "--config", str(community_config), "--name", "paused",
+            "--steps", "60", "--eval-every", "60", *FAST]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    stepping = threading.Event()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        while chunk := proc.stderr.read(64):
+            err.append(chunk)
+            if "/60" in "".join(err):  # the progress bar has drawn a step
+                stepping.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert stepping.wait(180), "".join(err)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    reader.join(10)
+    assert proc.returncode == 130, "".join(err)
+    assert "checkpoint saved in" in out and "--resume" in out
+    folder = tmp_path / "data" / "models" / "paused"
+    assert (folder / "checkpoint").is_dir() and not (folder / "pytorch_lora_weights.safetensors").exists()
+    stopped_at = int(out.split("stopped at step ")[1].split()[0])
+    assert 0 < stopped_at < 60
+
+    started = time.monotonic()
+    resumed = subprocess.run([*argv[:-len(FAST)], *FAST, "--resume"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    meta = json.loads((folder / "training.json").read_text())
+    assert meta["steps_done"] == 60 and not (folder / "checkpoint").exists()
+    print(f"\nresumed from step {stopped_at} and finished in {time.monotonic() - started:.1f} s")
