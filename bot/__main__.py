@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
+import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TextIO
@@ -14,6 +17,9 @@ from typing import TextIO
 from bot.config import Config, ConfigError, Secrets, load_config
 from bot.logs import setup_logging
 from storage.exports import FORMATS
+
+log = logging.getLogger("refinery")
+_STOP_SLACK_S = 10.0  # beyond the bounded stages of a stop (see _serve)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,8 +200,21 @@ async def _serve(config: Config, secrets: Secrets) -> int:
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Each stage of a stop is bounded ([discord] stop_timeout_s, then [storage] stop_flush_s for the
+    # Oxen writer); this deadline also covers what is not (a GPU step, a stuck thread), so the
+    # process always ends well inside a service manager's stop timeout (systemd: 90 s).
+    deadline_s = config.discord.stop_timeout_s + config.storage.stop_flush_s + _STOP_SLACK_S
+    stopping_since: list[float] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        if not stop.is_set():
+            stopping_since.append(time.monotonic())
+            log.info("%s: stopping (the process ends within %.0f s)", signum.name, deadline_s)
+            _exit_after(deadline_s)
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
     async with running_app(config, secrets) as app:
         # What start-up built (torch, diffusers, the model: ~500k objects) lives as long as the process;
         # frozen, full garbage collections skip it instead of pausing the event loop for up to ~0.2 s
@@ -208,7 +227,23 @@ async def _serve(config: Config, secrets: Secrets) -> int:
             error = StartupError(str(app.task.exception()))
             print(f"refinery: the bot stopped: {error}", file=sys.stderr)
             return 1
+    if stopping_since:
+        log.info("stopped in %.1f s", time.monotonic() - stopping_since[0])
     return 0
+
+
+def _exit_after(seconds: float) -> None:
+    """End the process in `seconds` whatever still runs (a daemon timer thread, so it does not
+    itself keep the process alive). Nothing acknowledged is lost: the journal is durable."""
+
+    def hard_exit() -> None:
+        log.error("stop deadline (%.0f s) passed: exiting now; the next start commits what Oxen lacks", seconds)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True
+    timer.start()
 
 
 if __name__ == "__main__":

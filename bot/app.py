@@ -90,6 +90,7 @@ def writer_settings(config: Config) -> WriterSettings:
         journal=config.journal_path, repo=config.oxen_repo_path, data_dir=config.data_dir,
         interval_s=config.storage.commit_interval_s, batch=config.storage.commit_batch,
         remote=config.storage.remote or None, push_interval_s=config.storage.push_interval_s,
+        stop_flush_s=config.storage.stop_flush_s,
     )
 
 
@@ -138,7 +139,7 @@ async def running_app(config: Config, secrets: Secrets, *, generator: Generator 
         await service.load()
         bot = RefineryBot(config, service)
         task = asyncio.create_task(bot.start(secrets.discord_token), name="refinery-discord")
-        stack.push_async_callback(_stop_bot, bot, task, queue)
+        stack.push_async_callback(_stop_bot, bot, task, queue, config.discord.stop_timeout_s)
         yield App(config, bot, service, queue, journal, writer, task)
 
 
@@ -160,12 +161,31 @@ def _masker(generator: Generator, config: Config) -> Masker | None:
     return lambda image, phrase: generator.masker().mask_for(image, phrase)
 
 
-async def _stop_bot(bot: RefineryBot, task: asyncio.Task[None], queue: JobQueue) -> None:
+async def _stop_bot(bot: RefineryBot, task: asyncio.Task[None], queue: JobQueue, within_s: float) -> None:
     """Close the queue first, so each waiting user's acknowledgement can still say what became of
-    their job (kept for after the restart, or lost) while the bot is connected; then disconnect."""
-    await queue.close()
+    their job (kept for after the restart, or lost) while the bot is connected; then disconnect.
+    At most `within_s` in all, whatever Discord does: unreachable, it never answers those messages,
+    and discord.py's reconnect back-off sleeps (up to ~17 min) through a close()."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def left() -> float:
+        return max(0.0, started + within_s - loop.time())
+
+    log.info("stopping: no new jobs; telling waiting users and disconnecting (at most %.0f s)", within_s)
+    await asyncio.wait({asyncio.ensure_future(queue.close())}, timeout=left())
     if bot.answering:
-        await asyncio.wait(set(bot.answering), timeout=5.0)
-    await bot.close()
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        await task
+        await asyncio.wait(set(bot.answering), timeout=min(5.0, left()))
+    closing = asyncio.ensure_future(bot.close())
+    await asyncio.wait({closing}, timeout=left())
+    # Once close() is done nothing is left to say to Discord: a task still running sleeps in the
+    # reconnect back-off (or hangs in a connect), which close() does not wake.
+    await asyncio.wait({task}, timeout=min(1.0, left()) if closing.done() else left())
+    if not task.done():
+        log.warning("Discord is not answering: disconnecting without it")
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    log.info("disconnected from Discord in %.1f s", loop.time() - started)
+    if task.done() and not task.cancelled():
+        with contextlib.suppress(Exception):
+            task.result()  # retrieved: a start-up failure was reported by whoever awaited it

@@ -84,6 +84,7 @@ class DiscordConfig:
     respond_to_mentions: bool = True  # "@Refinery a red fox" works in any channel
     sync_commands: bool = True
     guild_ready_timeout_s: float = 2.0
+    stop_timeout_s: float = 10.0  # on SIGTERM: at most this long to tell waiting users and disconnect
 
     def check(self) -> None:
         for key in ("api_base", "gateway_url"):
@@ -91,6 +92,7 @@ class DiscordConfig:
             ok = not value or value.startswith(("http://", "https://", "ws://", "wss://"))
             _require(ok, f"discord.{key}", value, "must be empty or a URL")
         _in_range("discord.guild_ready_timeout_s", self.guild_ready_timeout_s, 0.0, 60.0)
+        _in_range("discord.stop_timeout_s", self.stop_timeout_s, 0.0, 300.0)
 
 
 @dataclass(frozen=True)
@@ -114,11 +116,13 @@ class StorageConfig:
     commit_batch: int = 1000
     remote: str = ""  # Oxen remote URL; empty = local only
     push_interval_s: float = 300.0
+    stop_flush_s: float = 30.0  # on SIGTERM: at most this long for the writer to commit what is journaled
 
     def check(self) -> None:
         _in_range("storage.commit_interval_s", self.commit_interval_s, 0.05, 86400.0)
         _in_range("storage.commit_batch", self.commit_batch, 1, 1_000_000)
         _in_range("storage.push_interval_s", self.push_interval_s, 1.0, 86400.0)
+        _in_range("storage.stop_flush_s", self.stop_flush_s, 0.0, 3600.0)
 
 
 @dataclass(frozen=True)

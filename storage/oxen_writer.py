@@ -318,8 +318,25 @@ class OxenWriter:
                 heartbeat = time.monotonic()
                 self.write_status("running", pending=count)
             stop.wait(s.poll_s)
-        self.write_status("stopped", pending=self.journal.pending_after(self.hwm)[0])
+        pending = self.journal.pending_after(self.hwm)[0] if s.once else self.drain()
+        self.write_status("stopped", pending=pending)
         return EXIT_OK
+
+    def drain(self) -> int:
+        """Told to stop, or the bot is gone: commit all that is journaled, for at most `stop_flush_s` (a
+        batch begun is finished), so a clean stop leaves nothing out of Oxen. Returns what is left."""
+        deadline = time.monotonic() + self.settings.stop_flush_s
+        pending = self.journal.pending_after(self.hwm)[0]
+        log.info("stopping: committing %d pending event(s), for at most %.0f s", pending, self.settings.stop_flush_s)
+        while pending and time.monotonic() < deadline:
+            try:
+                self.commit_batch()
+            except (OxenError, OSError, sqlite3.Error) as error:  # the next start commits them
+                log.error("could not commit before stopping: %s", error)
+                break
+            pending = self.journal.pending_after(self.hwm)[0]
+        (log.warning if pending else log.info)("stopped with %d event(s) not yet in Oxen", pending)
+        return pending
 
 
 def _lock_writer(repo: Path, wait_s: float = 30.0) -> Any:

@@ -17,6 +17,7 @@ from storage.journal import Journal
 from storage.writer_settings import EXIT_CONFIG, FLUSH_FILE, WriterSettings
 
 log = logging.getLogger("refinery.oxen_writer")
+_KILL_AFTER_S = 5.0  # past its flush budget, a writer that has not exited is killed (crash-safe anyway)
 
 
 class WriterProcess:
@@ -46,12 +47,12 @@ class WriterProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self.running and self._proc else None
 
-    def start(self) -> None:
+    def start(self, *, once: bool = False) -> None:
         if self.running:
             return
         self._stopping = False
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        settings = replace(self.settings, once=False, parent_pid=os.getpid())
+        settings = replace(self.settings, once=once, parent_pid=os.getpid())
         root = str(Path(__file__).resolve().parent.parent)  # so `-m storage.oxen_writer` resolves
         env = child_environment()  # no DISCORD_TOKEN, no REFINERY_EXPORT_KEY (nor REEXEC_ENV)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
@@ -99,18 +100,44 @@ class WriterProcess:
         finally:
             journal.close()
 
-    def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (the writer finishes its batch), wait, SIGKILL if it will not go."""
+    def stop(self, timeout: float | None = None) -> int | None:
+        """Stop the writer once it has committed everything journaled: SIGTERM (it commits what is
+        pending, for at most `timeout`, default `stop_flush_s`, then exits 0), SIGKILL if it is still
+        there a few seconds later. A writer already gone while events wait (a SIGTERM sent to the
+        whole service reached it before the bot's last events) is run once more to commit them."""
         self._stopping = True
+        budget = self.settings.stop_flush_s if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        pending = self.pending()[0]
+        again = not self.running and pending > 0 and budget > 0 and self.last_exit != EXIT_CONFIG
+        if again:
+            self.start(once=True)  # --once: commits what is journaled now, then exits by itself
+            self._stopping = True
         if self._proc is None:
             return self.last_exit
+        log.info("oxen writer: stopping with %d event(s) to commit (at most %.0f s)", pending, budget)
         if self._proc.poll() is None:
-            self._proc.terminate()
+            if not again:
+                self._proc.terminate()
             try:
-                self._proc.wait(timeout)
+                self._proc.wait(max(0.0, deadline - time.monotonic()) + _KILL_AFTER_S)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
         self.last_exit = self._proc.returncode
         self._proc = None
+        left = self.pending()[0]
+        (log.warning if left else log.info)("oxen writer stopped (exit %s), %d event(s) not yet in Oxen",
+                                            self.last_exit, left)
         return self.last_exit
+
+    def pending(self) -> tuple[int, float | None]:
+        """(events journaled but not yet in Oxen, age in seconds of the oldest of them)."""
+        if not self.settings.journal.exists():
+            return 0, None
+        journal = Journal(self.settings.journal)
+        try:
+            count, oldest = journal.pending_after(journal.synced_through())
+        finally:
+            journal.close()
+        return count, None if oldest is None else max(0.0, time.time() - oldest)

@@ -31,6 +31,7 @@ class WriterSettings:
     push_interval_s: float = 300.0
     parent_pid: int | None = None  # exit (after the current batch) when this parent goes away
     poll_s: float = 0.2
+    stop_flush_s: float = 30.0  # told to stop: commit what is journaled for at most this long, then exit
 
     @property
     def status_path(self) -> Path:
@@ -38,7 +39,7 @@ class WriterSettings:
 
     def to_argv(self) -> list[str]:
         argv = ["--journal", str(self.journal), "--repo", str(self.repo), "--data-dir", str(self.data_dir),
-                "--interval", str(self.interval_s), "--batch", str(self.batch)]
+                "--interval", str(self.interval_s), "--batch", str(self.batch), "--stop-flush", str(self.stop_flush_s)]
         if self.once:
             argv.append("--once")
         if self.remote:
@@ -59,11 +60,13 @@ class WriterSettings:
         p.add_argument("--remote")
         p.add_argument("--push-interval", type=float, default=300.0)
         p.add_argument("--parent-pid", type=int)
+        p.add_argument("--stop-flush", type=float, default=30.0)
         a = p.parse_args(argv)
-        if a.batch < 1 or a.interval < 0:
-            p.error(f"--batch must be >= 1 and --interval >= 0, got {a.batch} and {a.interval}")
+        if a.batch < 1 or a.interval < 0 or a.stop_flush < 0:
+            p.error(f"--batch must be >= 1, --interval and --stop-flush >= 0, got {a.batch}, {a.interval} "
+                    f"and {a.stop_flush}")
         return cls(a.journal, a.repo, a.data_dir, a.interval, a.batch, a.once, a.remote, a.push_interval,
-                   a.parent_pid)
+                   a.parent_pid, stop_flush_s=a.stop_flush)
 
 
 def writer_lock_path(repo: Path) -> Path:
