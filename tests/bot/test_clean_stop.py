@@ -101,3 +101,13 @@ async def test_clean_stop_commits_everything_journaled(world: World, tiny_models
     tables = committed_rows(data / "oxen")["tables"]
     assert [r["prompt"] for r in tables["rounds"]] == ["a quiet harbour"]
     assert [(v["user_id"], v["candidate"], v["action"]) for v in tables["votes"]] == [(world.bob, 2, "add")]
+
+
+def test_the_stop_deadline_ends_a_stuck_process() -> None:
+    """Past the deadline the process ends with status 1 even while a non-daemon thread is stuck."""
+    code = ("import threading, time\nfrom bot.__main__ import _exit_after\n"
+            "threading.Thread(target=time.sleep, args=(60,)).start()\n_exit_after(0.5)\n")
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=50,
+                          env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1 and time.monotonic() - started < 40
