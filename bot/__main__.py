@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             from storage.status import log_status
 
             config = _config(args.config)
-            print(log_status(config.journal_path, config.data_dir))
+            print(log_status(config.journal_path, config.data_dir, interval_s=config.storage.commit_interval_s))
             return 0
         if args.command == "export":
             return _export(args, _config(args.config), secrets)

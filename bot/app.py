@@ -144,12 +144,14 @@ async def running_app(config: Config, secrets: Secrets, *, generator: Generator 
 
 
 async def _keep_writer_running(writer: WriterProcess, every_s: float = 5.0) -> None:
-    """The Oxen writer is a separate process; if it dies, start it again (it backs off by itself)."""
+    """The Oxen writer is a separate process; if it dies, start it again (it backs off by itself).
+    While Oxen lags the journal, say so in the log."""
     while True:
         await asyncio.sleep(every_s)
         try:
             if await asyncio.to_thread(writer.ensure_running):
                 log.warning("the Oxen writer had stopped and was restarted")
+            await asyncio.to_thread(writer.report_lag)  # a warning while Oxen falls behind the journal
         except Exception:
             log.exception("could not restart the Oxen writer")
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from storage.journal import Journal
-from storage.writer_settings import STATUS_FILE
+from storage.journal import Journal, JournalStats
+from storage.writer_settings import STATUS_FILE, lag_threshold_s
 
 _STALE_S = 30.0  # the writer rewrites its status at least every ~5 s while alive
 
@@ -26,12 +26,14 @@ def _size(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def _duration(s: float) -> str:
+    return f"{s:.1f} s" if s < 60 else f"{s / 60:.1f} min" if s < 3600 else f"{s / 3600:.1f} h"
+
+
 def _ago(at: float | None, now: float) -> str:
     if at is None:
         return "never"
-    s = max(0.0, now - at)
-    text = f"{s:.1f} s" if s < 60 else f"{s / 60:.1f} min" if s < 3600 else f"{s / 3600:.1f} h"
-    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))} ({text} ago)"
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))} ({_duration(max(0.0, now - at))} ago)"
 
 
 def _alive(pid: Any) -> bool:
@@ -46,14 +48,19 @@ def _alive(pid: Any) -> bool:
     return True
 
 
-def _journal_lines(journal_path: Path) -> list[str]:
+def _journal_stats(journal_path: Path) -> JournalStats | None:
     if not journal_path.exists():
-        return [f"Journal: {journal_path} does not exist yet"]
+        return None
     journal = Journal(journal_path)
     try:
-        stats = journal.stats()
+        return journal.stats()
     finally:
         journal.close()
+
+
+def _journal_lines(journal_path: Path, stats: JournalStats | None) -> list[str]:
+    if stats is None:
+        return [f"Journal: {journal_path} does not exist yet"]
     lines = [f"Journal: {journal_path} ({_size(stats.file_bytes)})",
              f"  events: {stats.events_total:,} total, {stats.unsynced:,} not yet in Oxen"
              f" (last seq {stats.last_seq:,}, synced through {stats.synced_through:,})"]
@@ -64,11 +71,33 @@ def _journal_lines(journal_path: Path) -> list[str]:
     return lines
 
 
-def _writer_lines(status_path: Path, now: float) -> list[str]:
+def _lag_line(stats: JournalStats | None, interval_s: float) -> list[str]:
+    """How far Oxen is behind the journal, and whether that is more than the commit interval explains."""
+    if stats is None:
+        return []
+    if not stats.unsynced:
+        return ["Oxen lag: none (every journaled event is in Oxen)"]
+    age = stats.oldest_unsynced_age_s or 0.0
+    verdict = "BEHIND" if age > lag_threshold_s(interval_s) else "normal"
+    return [f"Oxen lag: {verdict}: {stats.unsynced:,} event(s) not in Oxen yet, the oldest {_duration(age)} old "
+            f"(commits are due every {_duration(interval_s)})"]
+
+
+def _no_status_lines(status_path: Path, stats: JournalStats | None) -> list[str]:
+    if stats is not None and stats.synced_through > 0:  # the journal itself says a writer committed
+        return [f"Oxen writer: no status file at {status_path}, but the journal's events through seq "
+                f"{stats.synced_through:,} are in Oxen: a writer has run here and left no status (an older "
+                "version, or the file was removed); it writes one when it next starts"]
+    return [f"Oxen writer: no status yet at {status_path}: no writer has run with this data directory. "
+            "Is it the bot's? Pass the bot's config with --config (`refinery demo` keeps its data under "
+            "<--out>/data)."]
+
+
+def _writer_lines(status_path: Path, now: float, stats: JournalStats | None = None) -> list[str]:
     try:
         status = json.loads(status_path.read_text())
     except FileNotFoundError:
-        return ["Oxen writer: no status yet (it has never run with this data directory)"]
+        return _no_status_lines(status_path, stats)
     except (OSError, ValueError) as error:
         return [f"Oxen writer: unreadable status file {status_path}: {error}"]
     state = status.get("state", "unknown")
@@ -107,8 +136,11 @@ def _writer_lines(status_path: Path, now: float) -> list[str]:
     return lines
 
 
-def log_status(journal_path: Path | str, data_dir: Path | str) -> str:
-    """The text `refinery log status` prints."""
+def log_status(journal_path: Path | str, data_dir: Path | str, *, interval_s: float = 10.0) -> str:
+    """The text `refinery log status` prints; `interval_s` is the writer's commit interval."""
     now = time.time()
-    lines = _journal_lines(Path(journal_path)) + _writer_lines(Path(data_dir) / STATUS_FILE, now)
+    journal_path, data_dir = Path(journal_path).absolute(), Path(data_dir).absolute()
+    stats = _journal_stats(journal_path)
+    lines = (_journal_lines(journal_path, stats) + _writer_lines(data_dir / STATUS_FILE, now, stats)
+             + _lag_line(stats, interval_s))
     return "\n".join(lines)

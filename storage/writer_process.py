@@ -14,9 +14,10 @@ from pathlib import Path
 
 from storage.child_env import child_environment
 from storage.journal import Journal
-from storage.writer_settings import EXIT_CONFIG, FLUSH_FILE, WriterSettings
+from storage.writer_settings import EXIT_CONFIG, FLUSH_FILE, WriterSettings, lag_threshold_s
 
 log = logging.getLogger("refinery.oxen_writer")
+_LAG_REPEAT_S = 60.0  # while Oxen is behind, the warning is repeated this often
 _KILL_AFTER_S = 5.0  # past its flush budget, a writer that has not exited is killed (crash-safe anyway)
 
 
@@ -38,6 +39,8 @@ class WriterProcess:
         self._started_at = 0.0
         self._next_start = 0.0
         self._stopping = False
+        self._behind_since: float | None = None  # Oxen lagging the journal (report_lag), since when
+        self._lag_warned_at = 0.0
 
     @property
     def running(self) -> bool:
@@ -130,6 +133,24 @@ class WriterProcess:
         (log.warning if left else log.info)("oxen writer stopped (exit %s), %d event(s) not yet in Oxen",
                                             self.last_exit, left)
         return self.last_exit
+
+    def report_lag(self) -> tuple[int, float | None]:
+        """Warn while Oxen lags the journal more than the commit interval explains (a writer dead or
+        backing off between restarts, failing commits): when it starts and every minute while it
+        lasts, then one line once it has caught up. Returns `pending()`."""
+        count, age = self.pending()
+        now = time.monotonic()
+        if age is not None and age > lag_threshold_s(self.settings.interval_s):
+            if self._behind_since is None or now - self._lag_warned_at >= _LAG_REPEAT_S:
+                state = "running" if self.running else f"not running (last exit {self.last_exit})"
+                log.warning("Oxen is behind: %d event(s) not committed, the oldest %.0f s old; writer %s, "
+                            "%d quick restart(s)", count, age, state, self.restarts)
+                self._lag_warned_at = now
+            self._behind_since = self._behind_since or now
+        elif self._behind_since is not None:
+            log.info("Oxen caught up with the journal (was behind for %.0f s)", now - self._behind_since)
+            self._behind_since = None
+        return count, age
 
     def pending(self) -> tuple[int, float | None]:
         """(events journaled but not yet in Oxen, age in seconds of the oldest of them)."""

@@ -69,6 +69,12 @@ class WriterSettings:
                    a.parent_pid, stop_flush_s=a.stop_flush)
 
 
+def lag_threshold_s(interval_s: float) -> float:
+    """Oxen is "behind" when the oldest event not in it is older than this: more than the commit
+    interval explains (a dead or restarting writer, a failing commit, a backlog)."""
+    return max(30.0, 3.0 * interval_s)
+
+
 def writer_lock_path(repo: Path) -> Path:
     """The file a running writer holds an exclusive flock on (one writer per repository)."""
     return repo.resolve().parent / f".{repo.resolve().name}.writer.lock"
