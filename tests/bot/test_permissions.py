@@ -29,8 +29,9 @@ def test_matrix(action: Action, who: str, expected: bool) -> None:
 
 
 def test_every_action_is_listed() -> None:
-    """The issue's five actions, as plain strings (they appear in logs and records)."""
-    assert {str(a) for a in Action} == {"export", "flag", "remove", "cancel_others", "manage_banned_words"}
+    """The moderator actions, as plain strings (they appear in logs and records)."""
+    assert {str(a) for a in Action} == {"export", "flag", "remove", "cancel_others", "manage_banned_words",
+                                        "manage_models"}
 
 
 def test_no_moderator_roles_by_default() -> None:

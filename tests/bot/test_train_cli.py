@@ -131,3 +131,17 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(community_config: Path, t
     meta = json.loads((folder / "training.json").read_text())
     assert meta["steps_done"] == 60 and not (folder / "checkpoint").exists()
     print(f"\nresumed from step {stopped_at} and finished in {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.slow
+def test_kto_trains_on_rated_images(community_config: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """--method kto: every image of a usable round, liked (the voted reddish ones) or not, half each; the
+    loss at step 0 is KTO's reference value (0.5 per example at weight 1)."""
+    code = main(["train", "--config", str(community_config), "--name", "liked", "--method", "kto", "--steps", "4",
+                 "--eval-every", "4", *FAST])
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads((tmp_path / "data" / "models" / "liked" / "training.json").read_text())
+    assert meta["method"] == "kto" and meta["beta"] == 1000
+    assert meta["data"]["desirable"] == meta["data"]["undesirable"] > 0
+    assert meta["curves"]["loss"][0] == pytest.approx(0.5, abs=1e-6)

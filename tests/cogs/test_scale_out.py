@@ -39,11 +39,11 @@ def prefix() -> Iterator[str]:
         client.delete(*keys)
 
 
-def start_worker(tiny_models: TinyModels, prefix: str, folder: Path) -> subprocess.Popen[bytes]:
+def start_worker(tiny_models: TinyModels, prefix: str, folder: Path, model_extra: str = "") -> subprocess.Popen[bytes]:
     """A real `refinery worker` process on the tiny checkpoint."""
     config = folder / "worker.toml"
     config.write_text(f'[model]\nid = "{tiny_models.sd}"\nlocal_files_only = true\ndevice = "cpu"\n'
-                      'scheduler = "ddim"\ncpu_threads = 1\n')
+                      f'scheduler = "ddim"\ncpu_threads = 1\n{model_extra}')
     log = folder / "worker.log"
     return subprocess.Popen(
         [sys.executable, "-m", "bot", "worker", "--redis", REDIS_URL, "--config", str(config), "--prefix", prefix,
@@ -125,6 +125,32 @@ async def test_jobs_queued_before_a_restart_are_answered_after_it(world: World, 
                 assert Image.open(io.BytesIO(world.server.attachment_bytes(attachment["url"]))).size == (64, 64)
             left = [p.job_id for p in await app.queue.pending_jobs()]
             assert left == [theirs.job_id], "ours answered; the other installation's job left to it"
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+async def test_a_worker_without_the_adapter_refuses_the_job_and_the_user_reads_why(
+        world: World, start_bot, tiny_models: TinyModels, prefix: str, tmp_path: Path) -> None:
+    """The bot uses adapter `red` (sha256 of its own copy); a worker whose models folder lacks it refuses the
+    job through Redis, and the requester is told which adapter is missing where."""
+    from bot.devserver import MANAGE_GUILD
+    from pipeline.tiny import build_tiny_adapter
+
+    build_tiny_adapter(tmp_path / "data" / "models" / "red", tiny_models.sd)
+    (tmp_path / "worker-models").mkdir()
+    worker = start_worker(tiny_models, prefix, tmp_path, f'models_dir = "{tmp_path / "worker-models"}"\n')
+    mod = world.server.add_user("mod", permissions=MANAGE_GUILD)
+    try:
+        async with start_bot({"queue": {"redis_url": REDIS_URL, "redis_prefix": prefix}}) as app:
+            use = await world.server.invoke_slash("model use", {"name": "red"}, user_id=mod, channel_id=world.imagine)
+            await use.wait_for(lambda i: bool(i.responses), timeout=30)
+            interaction = await world.server.invoke_slash("imagine", {"prompt": "a kite"}, user_id=world.alice,
+                                                          channel_id=world.imagine)
+            await interaction.wait_for(lambda i: bool(i.original and "Generation failed" in i.original["content"]),
+                                       timeout=90)
+            assert "adapter `red` is not on this worker" in interaction.original["content"]
+            assert not interaction.original["attachments"] and not await app.journal.events("rounds")
     finally:
         worker.terminate()
         worker.wait(timeout=30)
