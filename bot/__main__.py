@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from bot.cli import add_log_level, os_error_line, parse
 from bot.config import Config, ConfigError, Secrets, load_config
 from bot.logs import setup_logging
 from storage.exports import FORMATS
@@ -24,7 +25,6 @@ _STOP_SLACK_S = 10.0  # beyond the bounded stages of a stop (see _serve)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="refinery", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="start the bot (needs DISCORD_TOKEN in the environment)")
@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
     add_train_parser(commands)
     add_arena_parser(commands)
+    add_log_level(parser)  # last: on every sub-command too, before or after its name
 
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     secrets = Secrets.from_env()
     setup_logging(args.log_level, [secrets.discord_token, secrets.oxen_auth_token, secrets.export_key])
     try:
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from bot.demo import run_demo
 
+            args.out.mkdir(parents=True, exist_ok=True)  # unwritable: one line (OSError below), before any work
             return asyncio.run(run_demo(args.out))
         if args.command == "log":
             from storage.status import log_status
@@ -104,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"refinery: configuration error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path that cannot be written or read (--out, --config, data_dir): one line
+        log.debug("refinery %s failed", args.command, exc_info=True)
+        print(f"refinery {args.command}: {os_error_line(exc)} (--log-level debug shows where)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return 1
 
 

@@ -44,3 +44,34 @@ def test_demo_runs_the_whole_loop_offline(tmp_path: Path) -> None:
     assert "#2: 2 vote(s)" in out
     assert "Oxen: committed" in out and "0 not yet in Oxen" in out
     assert len(list((tmp_path / "demo" / "data" / "images").rglob("*.png"))) == 8
+
+
+def test_log_level_in_any_case_before_or_after_the_sub_command(tmp_path: Path) -> None:
+    """`--log-level debug` (lowercase) works before and after the sub-command; a bad level is one
+    usage line naming the value."""
+    config = tmp_path / "c.toml"
+    config.write_text('[storage]\ndata_dir = "data"\n')
+    for args in (("--log-level", "debug", "log", "status"), ("log", "status", "--log-level", "Debug")):
+        done = refinery(*args, "--config", str(config))
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert "Journal:" in done.stdout
+    done = refinery("--log-level", "loud", "log", "status")
+    assert done.returncode == 2 and "'loud' is not a log level" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_wrong_flag_shows_the_sub_commands_usage() -> None:
+    """`refinery run --bogus` prints `refinery run`'s usage (and `log status`'s for it), not the top level's."""
+    done = refinery("run", "--bogus")
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: refinery run ") and "unrecognized arguments: --bogus" in done.stderr
+    done = refinery("log", "status", "--nope")
+    assert done.returncode == 2 and done.stderr.startswith("usage: refinery log status ")
+
+
+def test_demo_with_an_unwritable_out_is_one_line(tmp_path: Path) -> None:
+    """`demo --out` where no folder can be made is one line naming the path, no traceback."""
+    (tmp_path / "a-file").write_text("")
+    done = refinery("demo", "--out", str(tmp_path / "a-file" / "out"), env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("refinery")]
+    assert lines == [f"refinery demo: Not a directory: {tmp_path / 'a-file' / 'out'} (--log-level debug shows where)"]
