@@ -32,7 +32,7 @@ from bot.errors import InvalidInput
 from bot.permissions import Action, Member
 from pipeline.requests import AdapterRef, GenerationRequest, Mode
 from storage.arena import ArenaReport, arena_report
-from storage.async_journal import AsyncJournal
+from storage.async_journal import EventLog
 from storage.exports import ExportFilters, Selection, replay
 from storage.journal import Journal
 from storage.records import ModerationAction, new_id
@@ -104,7 +104,7 @@ def list_adapters(models_dir: Path) -> list[AdapterInfo]:
 class AdapterDesk:
     """The adapter in use and the arena: state, its journal, and how each new request is stamped."""
 
-    def __init__(self, config: Config, journal: AsyncJournal, require: Callable[[Action, Member], None], *,
+    def __init__(self, config: Config, journal: EventLog, require: Callable[[Action, Member], None], *,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config, self.journal, self.require, self.clock = config, journal, require, clock
         self.models_dir = config.models_path

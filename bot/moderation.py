@@ -30,7 +30,7 @@ from bot.permissions import Action, Member, allowed, is_moderator
 from bot.wordfilter import WordFilter, normalise
 from pipeline.requests import GenerationRequest
 from storage import export_repo
-from storage.async_journal import AsyncJournal
+from storage.async_journal import EventLog
 from storage.exports import FORMATS, ExportFilters, ExportResult, build_dataset
 from storage.journal import Journal
 from storage.pseudonyms import ExportKeyMissingError, Pseudonymiser
@@ -164,7 +164,7 @@ def zip_folder(folder: Path, limit: int = ATTACH_LIMIT_BYTES) -> bytes | None:
 class Moderation:
     """Exports, flags and opt-outs. `export_key` overrides REFINERY_EXPORT_KEY (the demo and tests)."""
 
-    def __init__(self, config: Config, journal: AsyncJournal, *, export_key: str | None = None,
+    def __init__(self, config: Config, journal: EventLog, *, export_key: str | None = None,
                  commit_timeout_s: float = 120.0) -> None:
         self.config = config
         self.journal = journal

@@ -38,7 +38,7 @@ from pipeline.adapters import AdapterUnavailable
 from pipeline.jobs import Job, JobListing, JobQueue, JobStatus, QueueClosed, QueueLimitError
 from pipeline.planner import PlanError, plan_refinement
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, Mode
-from storage.async_journal import AsyncJournal
+from storage.async_journal import EventLog
 from storage.images import ImageStore
 from storage.records import (
     ModerationAction,
@@ -93,7 +93,7 @@ def adapter_refusal(error: BaseException) -> str | None:
 
 
 class RefineryService:
-    def __init__(self, config: Config, journal: AsyncJournal, queue: JobQueue, images: ImageStore,
+    def __init__(self, config: Config, journal: EventLog, queue: JobQueue, images: ImageStore,
                  *, masker: Masker | None = None, has_instruct_model: bool = False,
                  clock: Callable[[], float] = time.monotonic, export_key: str | None = None,
                  owner: str = "") -> None:

@@ -12,7 +12,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from storage.journal import Journal, JournalClosedError, JournalEvent, JournalStats, validate_record
 from storage.records import Record, Round, VoteEvent
@@ -35,6 +35,43 @@ class _Call:
 
 
 _STOP = object()
+
+
+class EventLog(Protocol):
+    """What the conversation core needs of the journal: durable appends and the query tables. The bot
+    uses `AsyncJournal` (SQLite); the core's unit tests use an in-memory fake (tests/helpers.py)."""
+
+    async def append(self, *records: Record) -> list[int]:
+        """Journal `records` durably; their seqs (0 for a vote event that changes nothing)."""
+        ...
+
+    async def append_vote(self, vote: VoteEvent) -> bool:
+        """Journal a vote event if it changes the vote state; True if it did."""
+        ...
+
+    async def round(self, round_id: str) -> Round | None: ...
+
+    async def round_for_message(self, message_id: int) -> Round | None: ...
+
+    async def message_for_round(self, round_id: str) -> int | None: ...
+
+    async def vote_state(self, round_id: str) -> dict[int, set[int]]:
+        """candidate → the users whose vote for it stands."""
+        ...
+
+    async def has_vote(self, round_id: str, candidate: int, user_id: int) -> bool: ...
+
+    async def stats(self) -> JournalStats: ...
+
+    async def events(self, kind: str) -> list[JournalEvent]:
+        """Every event of one kind, oldest first."""
+        ...
+
+    async def recent(self, kind: str, limit: int) -> list[JournalEvent]:
+        """The last `limit` events of one kind, newest first."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 def _wake(loop: asyncio.AbstractEventLoop, pairs: list[tuple[asyncio.Future[Any], Any, Any]]) -> None:
