@@ -36,6 +36,9 @@ class RefineryBot(commands.Bot):
     """Holds the service and config for the cogs; everything else lives in the cogs and the service."""
 
     def __init__(self, config: Config, service: RefineryService) -> None:
+        # Refinery has no voice features: discord.py's "PyNaCl / davey is not installed, voice will NOT
+        # be supported" warnings (given once, at the first client) are about nothing it uses.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.default()
         intents.message_content = True  # without it Discord blanks prompts sent as plain messages
         super().__init__(

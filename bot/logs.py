@@ -28,6 +28,36 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class DropHarmless(logging.Filter):
+    """Drops one known-harmless warning (matched by a fragment of its text) on the logger that emits it."""
+
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+# Start-up warnings that read like failures but are not (issue #17.8), as (emitting logger, fragment).
+# Each is dropped where it is emitted, by its exact wording, so every other warning of those loggers stays.
+HARMLESS_WARNINGS = (
+    # No torchvision: transformers falls back to the PIL image processors, which is what diffusers'
+    # Stable Diffusion pipelines (their feature extractor) use anyway.
+    ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to"),
+    # from_pipe(dtype=...) casts with .to(dtype) on purpose (see pipeline/diffusers_generator.py); diffusers
+    # then warns even when no module needs float32 (the list is empty). A non-empty list still shows.
+    ("diffusers.models.modeling_utils", "that should be kept in float32: []."),
+)
+
+
+def silence_harmless_warnings() -> None:
+    for name, fragment in HARMLESS_WARNINGS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropHarmless) and f.fragment == fragment for f in logger.filters):
+            logger.addFilter(DropHarmless(fragment))
+
+
 def _scrub(text: str, secrets: list[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
@@ -43,3 +73,4 @@ def setup_logging(level: str = "INFO", secrets: Iterable[str] = ()) -> None:
     root.setLevel(level)
     for noisy in ("discord.gateway", "discord.http", "httpx", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    silence_harmless_warnings()
