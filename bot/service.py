@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from bot.adapters import AdapterDesk
 from bot.config import Config
 from bot.discord_limits import shown
+from bot.emoji import match_emoji
 from bot.errors import (
     GenerationFailed,
     Interrupted,
@@ -374,11 +375,11 @@ class RefineryService:
 
     def candidate_for_emoji(self, emoji: str) -> int | None:
         """1-based candidate for a vote emoji, 0 for the "none is good" emoji, None for others."""
-        if emoji == self.config.votes.none_emoji:
-            return 0
-        if emoji in self.config.votes.emoji:
-            return self.config.votes.emoji.index(emoji) + 1
-        return None
+        votes = self.config.votes
+        matched = match_emoji(emoji, (*votes.emoji, votes.none_emoji))  # `2⃣` counts as `2️⃣` (bot/emoji.py)
+        if matched is None:
+            return None
+        return 0 if matched == votes.none_emoji else votes.emoji.index(matched) + 1
 
     async def record_vote(self, *, message_id: int, user_id: int, emoji: str, added: bool,
                           channel_id: int, guild_id: int | None) -> VoteOutcome | None:
@@ -386,6 +387,7 @@ class RefineryService:
         candidate = self.candidate_for_emoji(emoji)
         if candidate is None:
             return None
+        emoji = self.config.votes.none_emoji if candidate == 0 else self.config.votes.emoji[candidate - 1]
         found = await self.journal.round_for_message(message_id)
         # A flood's new votes are dropped, never a retraction: Discord no longer shows the vote, so
         # the journal must not keep it. Removals cannot flood (Discord sends one per earlier add, and

@@ -16,6 +16,7 @@ from discord.ext import commands
 from bot import render
 from bot.client import RefineryBot
 from bot.discord_limits import fit
+from bot.emoji import match_emoji
 from bot.permissions import Action
 from cogs.members import member_of
 from storage.records import ModerationAction, Round
@@ -86,8 +87,9 @@ class Moderation(commands.Cog):
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         """A moderator's flag emoji on a round flags it, the remove emoji deletes it; from anyone else
         they are only emoji (the service checks who reacted)."""
-        emoji, settings = str(payload.emoji), self.bot.config.moderation
-        if payload.emoji.id is not None or emoji not in (settings.flag_emoji, settings.remove_emoji):
+        settings = self.bot.config.moderation
+        emoji = match_emoji(str(payload.emoji), (settings.flag_emoji, settings.remove_emoji))  # any spelling
+        if payload.emoji.id is not None or emoji is None:
             return
         if payload.member is None or payload.member.bot:
             return  # a DM reaction has no member: moderation is a guild affair

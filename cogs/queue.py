@@ -14,6 +14,7 @@ from discord.ext import commands
 
 from bot import render
 from bot.client import RefineryBot
+from bot.emoji import same_emoji
 from bot.errors import RefineryError
 from bot.tickets import Ticket
 from cogs.members import member_of
@@ -67,9 +68,10 @@ class Queue(commands.Cog):
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         """❌ on an acknowledgement: the acknowledgement then says "cancelled" (run_and_post)."""
-        if payload.member is None or payload.member.bot or str(payload.emoji) != self.bot.config.queue.cancel_emoji:
+        cancel = self.bot.config.queue.cancel_emoji
+        if payload.member is None or payload.member.bot or not same_emoji(str(payload.emoji), cancel):
             return
-        await self.service.cancel_by_reaction(member_of(payload.member), payload.message_id, str(payload.emoji))
+        await self.service.cancel_by_reaction(member_of(payload.member), payload.message_id, cancel)
 
     async def _answer(self, job: Job, ticket: Ticket) -> None:
         """A job acknowledged by an earlier run of the bot: answer on its acknowledgement, like a new one."""
