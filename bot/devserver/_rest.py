@@ -318,9 +318,17 @@ class RestApi:
         return no_content()
 
     async def get_reactions(self, request: web.Request) -> web.Response:
+        """Who reacted with one emoji, as Discord pages it: ordered by user id, `limit` 1-100 (default
+        25) users with ids above `after`; `type=1` (super reactions, never made here) lists nobody."""
         message_id, emoji = int(self._message(request)["id"]), request.match_info["emoji"]
-        users = sorted(self._world.message_reactions.get(message_id, {}).get(emoji, set()))
-        return json_response([self._world.users[u].payload() for u in users])
+        raw_limit, raw_after = request.query.get("limit", "25"), request.query.get("after", "0")
+        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100 or not raw_after.isdigit():
+            raise ApiError(400, 50035, "Invalid Form Body")
+        if request.query.get("type", "0") != "0":
+            return json_response([])
+        users = sorted(u for u in self._world.message_reactions.get(message_id, {}).get(emoji, set())
+                       if u > int(raw_after))
+        return json_response([self._world.users[u].payload() for u in users[: int(raw_limit)]])
 
     async def clear_reactions(self, request: web.Request) -> web.Response:
         message_id = int(self._message(request)["id"])

@@ -214,6 +214,28 @@ async def test_restart_and_resume_keep_state(server: DiscordDevServer) -> None:
         await stop_bot(bot, task)
 
 
+async def test_reaction_listing_pages_by_user_id(server: DiscordDevServer, probe: ProbeBot) -> None:
+    """GET …/reactions/{emoji} pages as Discord does (by user id, `limit` above `after`), so
+    discord.py's `Reaction.users()` lists all 130 reactors in two requests; a bad limit is a 400."""
+    channel = server.add_channel("votes")
+    users = [server.add_user(f"voter{i}") for i in range(130)]
+    message = await server.send_message(channel, users[0], "vote here")
+    mid = int(message["id"])
+    for user in users:
+        await server.add_reaction(channel, mid, user, "1️⃣")
+    server.requests.clear()
+    fetched = await probe.get_partial_messageable(channel).fetch_message(mid)
+    [reaction] = fetched.reactions
+    assert (reaction.emoji, reaction.count, reaction.me) == ("1️⃣", 130, False)
+    assert sorted([user.id async for user in reaction.users()]) == sorted(users)
+    pages = [(r.query.get("limit"), r.query.get("after")) for r in server.requests if "/reactions/" in r.path]
+    assert pages == [("100", None), ("30", str(sorted(users)[99]))]
+    assert await probe.http.get_reaction_users(channel, mid, "1️⃣", 100, after=max(users)) == []
+    with pytest.raises(discord.HTTPException) as bad:
+        await probe.http.get_reaction_users(channel, mid, "1️⃣", 101)
+    assert bad.value.status == 400
+
+
 async def test_unknown_route_and_wrong_token(server: DiscordDevServer, probe: ProbeBot) -> None:
     """Unknown routes answer 404 and are recorded; a wrong token cannot log in."""
     with pytest.raises(discord.NotFound):
