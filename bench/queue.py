@@ -80,7 +80,7 @@ async def _burst(queue: LocalQueue | RedisQueue, users: int, jobs: int, steps: i
     for k in range(jobs):  # users interleave, as real prompts arriving together would
         for user in range(users):
             started = loop.time()
-            job = queue.submit(_request(user, k, steps), user_id=user)
+            job = await queue.submit(_request(user, k, steps), user_id=user)
             submit_s.append(loop.time() - started)
             waits.append(asyncio.ensure_future(answered(job, started)))
             await asyncio.sleep(0)  # let the loop breathe between submits, as separate events would

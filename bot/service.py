@@ -35,6 +35,7 @@ from bot.permissions import Action, Member, allowed, is_moderator
 from bot.ratelimit import EventRateLimit
 from bot.refinement import Refinement, attached_mask, button_refinement, choose_candidate, refinement_for_plan
 from bot.tickets import Origin, Ticket
+from bot.vote_reconcile import VoteReconciler
 from pipeline.adapters import AdapterUnavailable
 from pipeline.jobs import Job, JobListing, JobQueue, JobStatus, QueueClosed, QueueLimitError
 from pipeline.planner import PlanError, plan_refinement
@@ -108,6 +109,8 @@ class RefineryService:
         # export_key: None reads REFINERY_EXPORT_KEY when an export runs (the demo and tests pass one)
         self.moderation = Moderation(config, journal, export_key=export_key)
         self.adapters = AdapterDesk(config, journal, self.moderation.require)  # /model and /arena
+        # votes cast or retracted while the bot was away (cogs/vote_reconcile.py reads Discord for it)
+        self.reconciler = VoteReconciler(config, journal, self.moderation.opted_out, self.candidate_for_emoji)
         self.rate_limit = EventRateLimit(config.moderation.events_per_minute, clock)
         self._acks: dict[int, str] = {}  # acknowledgement message id → its job, while the job is open
 
@@ -150,7 +153,7 @@ class RefineryService:
                        "instruction": refinement.plan.instruction, "plan": refinement.plan_json}
         ticket = Ticket(origin, ack_message_id, self.owner, note, spoiler, lineage)
         try:
-            job = self.queue.submit(request, user_id=origin.user_id, meta=ticket.to_dict())
+            job = await self.queue.submit(request, user_id=origin.user_id, meta=ticket.to_dict())
         except QueueLimitError as exc:
             raise LimitReached(str(exc), exc.retry_after_s) from None
         except QueueClosed:
@@ -252,14 +255,20 @@ class RefineryService:
 
     async def queue_view(self) -> list[JobListing]:
         """Running and waiting jobs of every bot process, in the order they will run."""
-        return await self.queue.listing()
+        return await self._listing()
+
+    async def _listing(self) -> list[JobListing]:
+        try:
+            return await self.queue.listing()
+        except QueueLimitError as exc:  # Redis unreachable: the user hears so, not "something went wrong"
+            raise LimitReached(str(exc), exc.retry_after_s) from None
 
     async def queue_for(self, member: Member, channel_id: int) -> list[QueueLine]:
         """`/queue` for one member in one channel: moderators see every job; others see the jobs asked
         in this channel and their own, and every other job only as a place in line."""
         everything = is_moderator(member, self.config)
         lines = []
-        for entry in await self.queue.listing():
+        for entry in await self._listing():
             try:
                 asked_in = Ticket.from_dict(entry.meta).origin.channel_id
             except (KeyError, TypeError, ValueError):
@@ -272,14 +281,17 @@ class RefineryService:
         """Cancel one job (by id) or all of the member's jobs; returns the ids cancelled."""
         user_id = member.user_id
         may_cancel_others = allowed(Action.CANCEL_OTHERS, member, self.config)
-        jobs = [job for job in await self.queue.listing() if job_id is None or job.job_id == job_id]
+        jobs = [job for job in await self._listing() if job_id is None or job.job_id == job_id]
         if job_id is not None and not jobs:
             raise InvalidInput(f"There is no job `{job_id}` in the queue (it may have finished).")
         if job_id is None:
             jobs = [job for job in jobs if job.user_id == user_id]
         elif jobs[0].user_id != user_id and not may_cancel_others:
             raise NotAllowed("Only the person who asked, or a moderator, can cancel that job.")
-        cancelled = [job for job in jobs if self.queue.cancel(job.job_id)]
+        try:
+            cancelled = [job for job in jobs if await self.queue.cancel(job.job_id)]
+        except QueueLimitError as exc:  # Redis unreachable: say so, rather than "nothing to cancel"
+            raise LimitReached(str(exc), exc.retry_after_s) from None
         for job in cancelled:
             if job.user_id != user_id:  # a moderator stopping someone's job: on the record, in /modlog
                 await self.journal.append(ModerationAction(
@@ -389,6 +401,8 @@ class RefineryService:
             return None
         emoji = self.config.votes.none_emoji if candidate == 0 else self.config.votes.emoji[candidate - 1]
         found = await self.journal.round_for_message(message_id)
+        if found is not None:
+            self.reconciler.saw_live(found.round_id, candidate, user_id)  # wins over a comparison in flight
         # A flood's new votes are dropped, never a retraction: Discord no longer shows the vote, so
         # the journal must not keep it. Removals cannot flood (Discord sends one per earlier add, and
         # adds are limited), and a removal of nothing journaled is a no-op in append_vote.

@@ -129,16 +129,17 @@ class JobQueue(Protocol):
 
     async def close(self) -> None: ...
 
-    def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
+    async def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
         """Queue a request, or raise QueueLimitError; `job.future` resolves to its result. `meta`
-        (JSON) is kept with the job, so a durable queue can hand it back after a restart."""
+        (JSON) is kept with the job, so a durable queue can hand it back after a restart. Async: a
+        durable queue writes the job (to disk or Redis) before it returns, off the event loop."""
         ...
 
     def status(self, job: Job) -> JobStatus:
         """Cheap enough to call every second: position, ETA and step progress as known now."""
         ...
 
-    def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str) -> bool:
         """Drop a waiting job or stop a running one at its next step; False if it is already over."""
         ...
 

@@ -96,7 +96,7 @@ class LocalQueue:
         """Run blocking work (e.g. loading the model) on the GPU worker thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
+    async def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
         if self._closed:
             raise QueueClosed(kept=False)  # shutting down: nothing new is accepted
         now = self._clock()
@@ -112,9 +112,19 @@ class LocalQueue:
             raise limit_error(Limit.COOLDOWN, self.cooldown_s - since, retry_after_s=None, **limits)
         job = Job(job_id=f"job-{uuid.uuid4().hex[:16]}", user_id=user_id, request=request, submitted_at=now,
                   future=asyncio.get_running_loop().create_future(), meta=dict(meta or {}))
-        if self.store is not None:
-            self.store.add(job.job_id, user_id, request, job.meta, time.time())  # before "queued" is shown
         self._last_submit[user_id] = now
+        if self.store is not None:
+            # Durable before "queued" is shown, and off the event loop (an fsync). Counted in _jobs
+            # meanwhile, so a second submit of the same user sees it against the per-user limit.
+            self._jobs[job.job_id] = job
+            try:
+                await asyncio.to_thread(self.store.add, job.job_id, user_id, request, job.meta, time.time())
+            except BaseException:
+                del self._jobs[job.job_id]
+                raise
+            if self._closed:  # closed while writing: it is on disk, so a restarted bot runs and answers it
+                job.future.set_exception(QueueClosed(kept=True))
+                return job
         self._enqueue(job)
         log.info("queued %s for user %s (position %d)", job.job_id, user_id, self.position(job))
         return job
@@ -125,7 +135,7 @@ class LocalQueue:
         self._positions = None
         self._wakeup.set()
 
-    def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str) -> bool:
         """Remove a waiting job, or interrupt a running one at its next step. False if already over."""
         job = self._jobs.get(job_id)
         if job is None or job.finished:

@@ -28,9 +28,11 @@ Exactly one answer: the outcome is written with SET NX in the same script that X
 twice (its worker stalled past claim-after, another took it over) keeps its first outcome; the late
 one is dropped and counted nowhere (`writes` in the job hash stays 1). The bot resolves a future once.
 
-Bot side: `submit` and `cancel` are synchronous like LocalQueue's, so they make one Redis round trip
-on the event loop (sub-millisecond on a LAN; socket_timeout bounds a sick server). Status is served
-from memory, fed by P:events and a poll every `poll_s` that also catches events missed on reconnects.
+Bot side: everything goes through `redis.asyncio`, so a slow or hanging Redis never blocks the event
+loop (the gateway, other users' votes and commands go on); `submit` and `cancel` use their own
+connection pool with a socket timeout (`command_timeout_s`), after which the user is told the queue
+is unavailable. Status is served from memory, fed by P:events and a poll every `poll_s` that also
+catches events missed on reconnects.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class RedisQueue:
 
     def __init__(self, url: str, *, prefix: str = "refinery", max_depth: int = 100, max_per_user: int = 3,
                  cooldown_s: float = 0.0, poll_s: float = 0.5, result_ttl_s: float = 86400.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 command_timeout_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.prefix = prefix
         self.max_depth = max_depth
         self.max_per_user = max_per_user
@@ -102,12 +104,14 @@ class RedisQueue:
         self.poll_s = poll_s
         self.result_ttl_s = result_ttl_s
         self._clock = clock
-        # Synchronous client for submit/cancel (synchronous in JobQueue); async for everything else.
-        self._redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+        # Submit and cancel answer a user: their own pool, bounded by a socket timeout. The other client
+        # also carries the pub/sub subscription, whose reads wait as long as no event comes.
+        self._commands = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=command_timeout_s,
+                                                 socket_connect_timeout=command_timeout_s)
         self._aredis = aioredis.Redis.from_url(url, decode_responses=True)
-        self._submit = self._redis.register_script(redis_scripts.SUBMIT)
-        self._cancel = self._redis.register_script(redis_scripts.CANCEL)
-        self._order = self._aredis.register_script(redis_scripts.ORDER)
+        self._submit = self._commands.register_script(redis_scripts.SUBMIT)
+        self._cancel = self._commands.register_script(redis_scripts.CANCEL)
+        self._order = self._commands.register_script(redis_scripts.ORDER)
         self._jobs: dict[str, Job] = {}
         self._positions: dict[str, int] = {}
         self._order_ids: list[str] = []
@@ -148,7 +152,7 @@ class RedisQueue:
             self._settle(job, JobState.CANCELLED, error=QueueClosed(kept=True))
             job.future.exception()  # marks it seen: nobody need await a future that ends with the bot
         await self._aredis.aclose()
-        self._redis.close()
+        await self._commands.aclose()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def run_in_worker(self, fn: Callable[[], T]) -> T:
@@ -158,7 +162,7 @@ class RedisQueue:
 
     # --- the JobQueue interface -----------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
+    async def submit(self, request: GenerationRequest, *, user_id: int, meta: dict[str, Any] | None = None) -> Job:
         """Queue a request for any worker; `meta` (JSON) is kept with the job for pending_jobs()."""
         if self._closed:
             raise QueueClosed(kept=False)  # shutting down: nothing new is accepted
@@ -169,11 +173,11 @@ class RedisQueue:
         except TypeError as exc:
             raise ValueError(f"meta must be JSON-serialisable: {exc}") from None
         try:
-            kind, value = self._submit(args=[
+            kind, value = await self._submit(args=[
                 self.prefix, job_id, user_id, self.max_per_user, self.max_depth, round(self.cooldown_s * 1000),
                 json.dumps(request.to_dict()), meta_json, repr(time.time()), batch_key(request),
                 request.prompt[:200]])  # /queue shows the prompt without reading a request's images
-        except redis.RedisError as exc:
+        except (redis.RedisError, OSError) as exc:  # a timeout included: the user hears at once
             log.error("could not queue a job for user %s: %s", user_id, exc)
             raise QueueUnavailable("The image queue is unreachable right now; try again in a minute.", 60.0) from exc
         value = int(value)
@@ -190,16 +194,21 @@ class RedisQueue:
         log.info("queued %s for user %s in Redis (position %d)", job_id, user_id, value)
         return job
 
-    def cancel(self, job_id: str) -> bool:
+    async def cancel(self, job_id: str) -> bool:
         """Cancel any job on this prefix, from any process: a waiting one is removed now, a running
         one is flagged and its worker stops at the next step."""
         outcome = json.dumps({"state": JobState.CANCELLED.value, "error": "cancelled while waiting"})
-        verdict = self._cancel(args=[self.prefix, job_id, outcome, int(self.result_ttl_s), repr(time.time())])
+        try:
+            verdict = await self._cancel(args=[self.prefix, job_id, outcome, int(self.result_ttl_s),
+                                               repr(time.time())])
+        except (redis.RedisError, OSError) as exc:
+            log.error("could not cancel %s: %s", job_id, exc)
+            raise QueueUnavailable("The image queue is unreachable right now; try again in a minute.", 60.0) from exc
         job = self._jobs.get(job_id)
         if verdict == 2 and job is not None:
             # Answered here and now, as LocalQueue does; so this bot has collected it too.
             self._settle(job, JobState.CANCELLED, error=GenerationCancelled("cancelled while waiting"))
-            self._redis.zrem(self.key("open"), job_id)
+            await self._commands.zrem(self.key("open"), job_id)
         return verdict > 0
 
     def status(self, job: Job) -> JobStatus:
@@ -213,12 +222,18 @@ class RedisQueue:
     async def listing(self) -> list[JobListing]:
         """Every bot's running and waiting jobs on this prefix, read from Redis in one round trip
         (plus the fair-order script): running first, then in the order the workers will take them."""
-        running = [job_id for job_id, _ in await self._aredis.zrange(self.key("running"), 0, -1, withscores=True)]
-        waiting = [job_id for job_id in await self._order(args=[self.prefix, self.max_depth]) if job_id not in running]
-        pipe = self._aredis.pipeline(transaction=False)
-        for job_id in running + waiting:
-            pipe.hmget(self.key("job", job_id), "user_id", "prompt", "submitted_at", "step", "total", "meta")
-        rows = await pipe.execute()
+        try:
+            running = [job_id for job_id, _ in await self._commands.zrange(self.key("running"), 0, -1,
+                                                                           withscores=True)]
+            waiting = [job_id for job_id in await self._order(args=[self.prefix, self.max_depth])
+                       if job_id not in running]
+            pipe = self._commands.pipeline(transaction=False)
+            for job_id in running + waiting:
+                pipe.hmget(self.key("job", job_id), "user_id", "prompt", "submitted_at", "step", "total", "meta")
+            rows = await pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            log.error("could not list the queue: %s", exc)
+            raise QueueUnavailable("The image queue is unreachable right now; try again in a minute.", 60.0) from exc
         now, listed = time.time(), []
         for index, (job_id, (user_id, prompt, submitted, step, total, meta)) in enumerate(
                 zip(running + waiting, rows, strict=True)):

@@ -101,8 +101,8 @@ async def test_only_the_requester_or_a_moderator_cancels_and_a_moderator_is_on_t
     async with core_service(tmp_path, moderation={"moderator_roles": ["Mods"]}) as core:
         core.generator.gate.clear()  # hold the generator: jobs stay in the queue
         request = await core.service.checked_request(PromptInput(prompt="a fox"), ALICE)
-        first = core.queue.submit(request, user_id=ALICE)
-        second = core.queue.submit(request, user_id=ALICE)
+        first = await core.queue.submit(request, user_id=ALICE)
+        second = await core.queue.submit(request, user_id=ALICE)
         with pytest.raises(NotAllowed):
             await core.service.cancel(member=make_member(BOB), job_id=second.job_id)
         with pytest.raises(InvalidInput, match="no job `nope`"):

@@ -91,7 +91,7 @@ async def test_cancel_button_under_the_acknowledgement(world: World, start_bot) 
         await second.wait_for(lambda i: bool(i.original and "cancelled" in i.original["content"]
                                              and not i.original.get("components")), timeout=10)
         for entry in (await app.service.queue_view()):
-            app.queue.cancel(entry.job_id)
+            await app.queue.cancel(entry.job_id)
         generator.release.set()
 
 
@@ -184,5 +184,5 @@ async def test_queue_shows_other_channels_jobs_only_as_places_in_line(world: Wor
         everything = await queue_as(moderator, world.imagine)
         assert "secret garden" in everything and "a blue barn" in everything
         for entry in await app.service.queue_view():
-            app.queue.cancel(entry.job_id)
+            await app.queue.cancel(entry.job_id)
         generator.release.set()

@@ -92,7 +92,7 @@ async def test_jobs_queued_before_a_restart_are_answered_after_it(world: World, 
     await world.server.delete_message(world.imagine, int(bob_ack["id"]))
     elsewhere = RedisQueue(REDIS_URL, prefix=prefix)  # another bot installation sharing the queue
     await elsewhere.start()
-    theirs = elsewhere.submit(GenerationRequest(prompt="not ours", seeds=(1,), steps=2, guidance=1.0, width=64,
+    theirs = await elsewhere.submit(GenerationRequest(prompt="not ours", seeds=(1,), steps=2, guidance=1.0, width=64,
                                                 height=64), user_id=world.bob,
                               meta=Ticket(Origin(world.bob, world.imagine, None, "slash"), 1, "elsewhere").to_dict())
     await elsewhere.close()

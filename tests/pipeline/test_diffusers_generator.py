@@ -225,7 +225,7 @@ async def test_local_queue_batches_compatible_jobs_like_single_runs(generator: D
 
     queue = LocalQueue(Counting(), max_per_user=10, batch_size=4)
     requests = [request("a fox", 1), request("a cat", 10), request("an owl", 20), request("a fox", 1, steps=4)]
-    jobs = [queue.submit(r, user_id=k) for k, r in enumerate(requests)]
+    jobs = [await queue.submit(r, user_id=k) for k, r in enumerate(requests)]
     await queue.start()
     results = await asyncio.gather(*(job.future for job in jobs))
     await queue.close()

@@ -50,8 +50,8 @@ async def test_round_robin_user_b_runs_second() -> None:
     generator.gate.clear()  # hold the first job so the whole queue builds up behind it
     queue = LocalQueue(generator, max_per_user=10)
     await queue.start()
-    jobs = [queue.submit(request(f"a{k}"), user_id=1) for k in range(5)]
-    jobs.append(queue.submit(request("b0"), user_id=2))
+    jobs = [await queue.submit(request(f"a{k}"), user_id=1) for k in range(5)]
+    jobs.append(await queue.submit(request("b0"), user_id=2))
     generator.gate.set()
     await asyncio.gather(*(job.future for job in jobs))
     await queue.close()
@@ -62,8 +62,8 @@ async def test_positions_interleave_users() -> None:
     """Positions reflect round-robin order while jobs wait."""
     generator = RecordingGenerator()
     queue = LocalQueue(generator, max_per_user=10)  # not started: everything waits
-    a = [queue.submit(request(f"a{k}"), user_id=1) for k in range(3)]
-    b = queue.submit(request("b"), user_id=2)
+    a = [await queue.submit(request(f"a{k}"), user_id=1) for k in range(3)]
+    b = await queue.submit(request("b"), user_id=2)
     assert [queue.position(job) for job in [*a, b]] == [1, 3, 4, 2]
     await queue.close()
 
@@ -72,17 +72,17 @@ async def test_limits_per_user_depth_and_cooldown() -> None:
     """Each limit refuses with a message naming it."""
     now = [100.0]
     queue = LocalQueue(RecordingGenerator(), max_depth=3, max_per_user=2, cooldown_s=5, clock=lambda: now[0])
-    queue.submit(request("a"), user_id=1)
+    await queue.submit(request("a"), user_id=1)
     with pytest.raises(QueueLimitError, match="every 5 s"):
-        queue.submit(request("a"), user_id=1)
+        await queue.submit(request("a"), user_id=1)
     now[0] += 6
-    queue.submit(request("a"), user_id=1)
+    await queue.submit(request("a"), user_id=1)
     now[0] += 6
     with pytest.raises(QueueLimitError, match="limit is 2"):
-        queue.submit(request("a"), user_id=1)
-    queue.submit(request("b"), user_id=2)
+        await queue.submit(request("a"), user_id=1)
+    await queue.submit(request("b"), user_id=2)
     with pytest.raises(QueueLimitError, match="queue is full"):
-        queue.submit(request("c"), user_id=3)
+        await queue.submit(request("c"), user_id=3)
     await queue.close()
 
 
@@ -92,21 +92,21 @@ async def test_cancel_waiting_and_running_jobs() -> None:
     generator.gate.clear()
     queue = LocalQueue(generator, max_per_user=10)
     await queue.start()
-    running = queue.submit(request("running"), user_id=1)
-    waiting = queue.submit(request("waiting"), user_id=1)
+    running = await queue.submit(request("running"), user_id=1)
+    waiting = await queue.submit(request("waiting"), user_id=1)
     await asyncio.sleep(0.05)
     assert running.state is JobState.RUNNING
-    assert queue.cancel(waiting.job_id)
-    assert queue.cancel(running.job_id)
+    assert await queue.cancel(waiting.job_id)
+    assert await queue.cancel(running.job_id)
     generator.gate.set()
     for job in (running, waiting):
         with pytest.raises(GenerationCancelled):
             await job.future
         assert job.state is JobState.CANCELLED
-    after = queue.submit(request("after"), user_id=1)
+    after = await queue.submit(request("after"), user_id=1)
     await after.future
     assert generator.ran == ["after"]
-    assert not queue.cancel(after.job_id)
+    assert not await queue.cancel(after.job_id)
     await queue.close()
 
 
@@ -115,7 +115,7 @@ async def test_progress_reaches_the_loop_and_work_runs_off_it() -> None:
     generator = RecordingGenerator(steps=4)
     queue = LocalQueue(generator)
     await queue.start()
-    job = queue.submit(request("p"), user_id=1)
+    job = await queue.submit(request("p"), user_id=1)
     await job.future
     await asyncio.sleep(0)  # let the last progress callback land
     assert (job.step, job.total_steps) == (4, 4)
@@ -131,14 +131,14 @@ async def test_job_store_keeps_accepted_jobs_until_they_end(tmp_path) -> None:
     generator = RecordingGenerator()
     queue = LocalQueue(generator, max_per_user=10, store=JobStore(tmp_path / "jobs.sqlite3"))
     await queue.start()
-    done = queue.submit(request("done"), user_id=1, meta={"ack": 1})
+    done = await queue.submit(request("done"), user_id=1, meta={"ack": 1})
     await done.future
     await queue.forget(done.job_id)  # what the service does once the round is journaled
     generator.gate.clear()
-    running = queue.submit(request("running"), user_id=1, meta={"ack": 2})
-    waiting = queue.submit(request("waiting"), user_id=2, meta={"ack": 3})
-    cancelled = queue.submit(request("cancelled"), user_id=2, meta={"ack": 4})
-    assert queue.cancel(cancelled.job_id)
+    running = await queue.submit(request("running"), user_id=1, meta={"ack": 2})
+    waiting = await queue.submit(request("waiting"), user_id=2, meta={"ack": 3})
+    cancelled = await queue.submit(request("cancelled"), user_id=2, meta={"ack": 4})
+    assert await queue.cancel(cancelled.job_id)
     while running.state is not JobState.RUNNING:
         await asyncio.sleep(0.01)
     closing = asyncio.create_task(queue.close())  # a crash leaves the same rows: written before submit returns
@@ -182,7 +182,7 @@ async def test_a_run_that_compiles_first_says_so() -> None:
     generator.gate.clear()
     queue = LocalQueue(generator)
     await queue.start()
-    first = queue.submit(request("new size"), user_id=1)
+    first = await queue.submit(request("new size"), user_id=1)
     while first.state is not JobState.RUNNING:
         await asyncio.sleep(0.01)
     status = queue.status(first)
@@ -190,7 +190,7 @@ async def test_a_run_that_compiles_first_says_so() -> None:
     generator.gate.set()
     await first.future
     generator.gate.clear()
-    again = queue.submit(request("same size"), user_id=1)
+    again = await queue.submit(request("same size"), user_id=1)
     while again.state is not JobState.RUNNING:
         await asyncio.sleep(0.01)
     assert queue.status(again).note == ""
@@ -206,7 +206,7 @@ async def test_a_closed_queue_takes_nothing_new() -> None:
     await queue.start()
     await queue.close()
     with pytest.raises(QueueClosed) as closed:
-        queue.submit(request("late"), user_id=1)
+        await queue.submit(request("late"), user_id=1)
     assert not closed.value.kept
 
 

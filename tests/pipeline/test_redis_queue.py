@@ -151,13 +151,13 @@ async def test_fair_across_processes(queues: Any, worker: Any, prefix: str) -> N
         async def main() -> None:
             queue = RedisQueue({REDIS_URL!r}, prefix={prefix!r}, max_per_user=10)
             for k in range(5):
-                queue.submit(GenerationRequest(f"a{{k}}", (1,), 2, 1.0, 64, 64), user_id=1)
+                await queue.submit(GenerationRequest(f"a{{k}}", (1,), 2, 1.0, 64, 64), user_id=1)
 
         asyncio.run(main())
     """
     subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=ROOT, check=True, timeout=30)
     queue = await queues()
-    b = queue.submit(request("b0"), user_id=2)
+    b = await queue.submit(request("b0"), user_id=2)
     assert queue.status(b).position == 2
     generator = RecordingGenerator()
     assert await asyncio.to_thread(drain, worker(generator)) == 6
@@ -168,33 +168,33 @@ async def test_fair_across_processes(queues: Any, worker: Any, prefix: str) -> N
 async def test_limits_count_every_process(queues: Any) -> None:
     """Per-user and depth limits count all bots' jobs; the cooldown refuses with the time left."""
     one, two = await queues(max_per_user=2, max_depth=3), await queues(max_per_user=2, max_depth=3)
-    one.submit(request("a"), user_id=1)
-    two.submit(request("a"), user_id=1)
+    await one.submit(request("a"), user_id=1)
+    await two.submit(request("a"), user_id=1)
     with pytest.raises(QueueLimitError, match="limit is 2"):
-        one.submit(request("a"), user_id=1)
-    two.submit(request("b"), user_id=2)
+        await one.submit(request("a"), user_id=1)
+    await two.submit(request("b"), user_id=2)
     with pytest.raises(QueueLimitError, match="queue is full"):
-        one.submit(request("c"), user_id=3)
+        await one.submit(request("c"), user_id=3)
     slow = await queues(cooldown_s=30)
-    slow.submit(request("d"), user_id=4)
+    await slow.submit(request("d"), user_id=4)
     with pytest.raises(QueueLimitError, match="every 30 s") as refused:
-        slow.submit(request("d"), user_id=4)
+        await slow.submit(request("d"), user_id=4)
     assert refused.value.retry_after_s is not None and 29 < refused.value.retry_after_s <= 30
 
 
 async def test_cancel_waiting_job_from_another_process(queues: Any, worker: Any) -> None:
     """A waiting job cancelled by another bot is answered "cancelled", frees its slot and never runs."""
     queue, other = await queues(max_per_user=2), await queues()
-    keep = queue.submit(request("keep"), user_id=1)
-    drop = queue.submit(request("drop"), user_id=1)
-    assert other.cancel(drop.job_id)
+    keep = await queue.submit(request("keep"), user_id=1)
+    drop = await queue.submit(request("drop"), user_id=1)
+    assert await other.cancel(drop.job_id)
     with pytest.raises(GenerationCancelled):
         await asyncio.wait_for(drop.future, 5)
-    queue.submit(request("again"), user_id=1)
+    await queue.submit(request("again"), user_id=1)
     generator = RecordingGenerator()
     await asyncio.to_thread(drain, worker(generator))
     assert generator.ran == ["keep", "again"]
-    assert not queue.cancel(drop.job_id)
+    assert not await queue.cancel(drop.job_id)
     await asyncio.wait_for(keep.future, 5)
 
 
@@ -204,12 +204,12 @@ async def test_progress_position_and_eta_reach_the_submitter(queues: Any, worker
     generator = RecordingGenerator(steps=4, hold_at=2)
     generator.release.set()  # a first, quick job records a duration for the ETA
     serving = worker(generator)
-    first = queue.submit(request("first"), user_id=9)
+    first = await queue.submit(request("first"), user_id=9)
     await asyncio.to_thread(serving.run_once)
     await asyncio.wait_for(first.future, 5)
     generator.release.clear()
-    running = queue.submit(request("running"), user_id=1)
-    behind = [queue.submit(request("b"), user_id=2), queue.submit(request("a2"), user_id=1)]
+    running = await queue.submit(request("running"), user_id=1)
+    behind = [await queue.submit(request("b"), user_id=2), await queue.submit(request("a2"), user_id=1)]
     stop = threading.Event()
     thread = threading.Thread(target=serving.run, args=(stop,))
     thread.start()
@@ -237,13 +237,13 @@ async def test_cancel_running_job_pipeline_stays_usable(queues: Any, worker: Any
     thread = threading.Thread(target=worker(bare_generator, step_delay_s=0.05).run, args=(stop,))
     thread.start()
     try:
-        job = queue.submit(request("long", steps=40), user_id=1)
+        job = await queue.submit(request("long", steps=40), user_id=1)
         await until(lambda: queue.status(job).step >= 2)
-        assert queue.cancel(job.job_id)
+        assert await queue.cancel(job.job_id)
         with pytest.raises(GenerationCancelled):
             await asyncio.wait_for(job.future, 10)
         assert queue.status(job).state is JobState.CANCELLED and queue.status(job).step < 40
-        after = queue.submit(request("after"), user_id=1)
+        after = await queue.submit(request("after"), user_id=1)
         result = await asyncio.wait_for(after.future, 20)
         assert max_diff(result, bare_generator.generate(request("after"))) == 0
     finally:
@@ -270,10 +270,10 @@ async def test_worker_batches_compatible_waiting_jobs(queues: Any, worker: Any,
                                                       bare_generator: DiffusersGenerator) -> None:
     """Compatible waiting jobs share one call and each gets its own images; a different one waits."""
     queue = await queues()
-    jobs = [queue.submit(request("fox", seeds=(1, 2)), user_id=1),
-            queue.submit(request("bird", negative_prompt="blurry", seeds=(3,)), user_id=2),
-            queue.submit(request("odd", steps=3), user_id=3),
-            queue.submit(request("cat", seeds=(4, 5)), user_id=1)]
+    jobs = [await queue.submit(request("fox", seeds=(1, 2)), user_id=1),
+            await queue.submit(request("bird", negative_prompt="blurry", seeds=(3,)), user_id=2),
+            await queue.submit(request("odd", steps=3), user_id=3),
+            await queue.submit(request("cat", seeds=(4, 5)), user_id=1)]
     serving = worker(bare_generator, batch_size=4)
     assert await asyncio.to_thread(serving.run_once) == 3
     assert await asyncio.to_thread(serving.run_once) == 1
@@ -286,8 +286,8 @@ async def test_worker_batches_compatible_waiting_jobs(queues: Any, worker: Any,
 async def test_restarted_bot_resumes_its_jobs(queues: Any, worker: Any) -> None:
     """Jobs outlive the bot: pending_jobs() lists them with their meta, resume() gets their answers."""
     first = await queues()
-    done = first.submit(request("done"), user_id=1, meta={"channel": 5, "message": 6})
-    waiting = first.submit(request("waiting"), user_id=2, meta={"channel": 5, "message": 7})
+    done = await first.submit(request("done"), user_id=1, meta={"channel": 5, "message": 6})
+    waiting = await first.submit(request("waiting"), user_id=2, meta={"channel": 5, "message": 7})
     await first.close()
     for job in (done, waiting):
         with pytest.raises(QueueClosed) as closed:
@@ -313,7 +313,7 @@ async def test_silent_worker_is_taken_over_and_its_late_answer_dropped(
         queues: Any, worker: Any, redis_client: redis.Redis, prefix: str) -> None:
     """A worker silent past claim-after loses its job to another; its late result is dropped."""
     queue = await queues()
-    job = queue.submit(request("j"), user_id=1)
+    job = await queue.submit(request("j"), user_id=1)
     stalled = RecordingGenerator("stalled", hold_at=1)
     slow = asyncio.create_task(asyncio.to_thread(worker(stalled, name="slow", claim_after_s=0.3).run_once))
     await until(stalled.held.is_set)
@@ -353,7 +353,7 @@ async def test_two_worker_processes_one_killed_mid_job(queues: Any, redis_client
     try:
         await until(lambda: redis_client.zcard(f"{prefix}:workers") == 2, timeout=45)
         queue = await queues()
-        jobs = [queue.submit(request(f"p{k}", steps=6, seeds=(k,)), user_id=k % 3) for k in range(6)]
+        jobs = [await queue.submit(request(f"p{k}", steps=6, seeds=(k,)), user_id=k % 3) for k in range(6)]
 
         def running_on_w1() -> str | None:
             for job in jobs:
@@ -387,8 +387,8 @@ async def test_listing_shows_every_bots_jobs_in_fair_order(queues: Any, worker: 
     owners and round-robin positions, and the running job first."""
     first, second = await queues(), await queues()
     for k in range(3):
-        first.submit(request(f"alice {k}"), user_id=1)
-    second.submit(request("bob 0"), user_id=2)
+        await first.submit(request(f"alice {k}"), user_id=1)
+    await second.submit(request("bob 0"), user_id=2)
     listed = await second.listing()
     assert [(e.user_id, e.prompt, e.status.position) for e in listed] == [
         (1, "alice 0", 1), (2, "bob 0", 2), (1, "alice 1", 3), (1, "alice 2", 4)]
@@ -413,7 +413,7 @@ async def test_a_worker_that_compiles_first_tells_the_submitter(queues: Any, wor
 
     queue = await queues()
     generator = Compiling(hold_at=1)
-    job = queue.submit(request("new size"), user_id=1)
+    job = await queue.submit(request("new size"), user_id=1)
     running = asyncio.create_task(asyncio.to_thread(worker(generator).run_once))
     await until(generator.held.is_set)
     await until(lambda: queue.status(job).note == COMPILING_NOTE)
