@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.cli import add_log_level, os_error_line, parse
 from bot.config import Config, ConfigError, Secrets, load_config
@@ -179,20 +179,20 @@ def _export(args: argparse.Namespace, config: Config, secrets: Secrets) -> int:
 
 
 class ProgressBar:
-    """`progress(i, total)` for build_dataset: one redrawn line on a terminal stream, at most 10 per second."""
+    """`progress(i, total)` for build_dataset, drawn by tqdm on `stream` (rate and ETA included)."""
 
-    def __init__(self, stream: TextIO, width: int = 30) -> None:
-        self.stream, self.width, self._drawn = stream, width, 0.0
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - self._drawn < 0.1:
-            return
-        self._drawn = now
-        filled = self.width * done // max(total, 1)
-        end = "\n" if done >= total else ""
-        self.stream.write(f"\rexporting [{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} rounds{end}")
-        self.stream.flush()
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, unit="round", desc="exporting", file=self.stream, mininterval=0.1)
+        self._bar.update(done - self._bar.n)
+        if done >= total:
+            self._bar.close()
 
 
 def _run(config: Config, secrets: Secrets) -> int:

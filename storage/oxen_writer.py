@@ -33,7 +33,6 @@ storage.writer_process.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -48,6 +47,8 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
+
+import filelock
 
 from storage import model_branches
 from storage.journal import Journal, JournalEvent
@@ -339,20 +340,17 @@ class OxenWriter:
         return pending
 
 
-def _lock_writer(repo: Path, wait_s: float = 30.0) -> Any:
-    """One writer per repository: wait for a previous one (an orphan finishing its batch) to exit."""
+def _lock_writer(repo: Path, wait_s: float = 30.0) -> filelock.FileLock:
+    """One writer per repository: wait for a previous one (an orphan finishing its batch) to exit.
+    The lock (an flock, released by the kernel when the process dies) is held until `release()`."""
     lock_path = writer_lock_path(repo)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(lock_path, "a")  # noqa: SIM115 - held until the process exits
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return handle
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    lock = filelock.FileLock(lock_path)
+    try:
+        lock.acquire(timeout=wait_s, poll_interval=0.2)
+    except filelock.Timeout:
+        raise BlockingIOError(f"another writer holds {lock_path}") from None
+    return lock
 
 
 def run_writer(settings: WriterSettings, stop: threading.Event | None = None) -> int:
@@ -383,7 +381,7 @@ def run_writer(settings: WriterSettings, stop: threading.Event | None = None) ->
         return EXIT_RETRY
     finally:
         journal.close()
-        lock.close()
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:

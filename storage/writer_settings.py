@@ -8,9 +8,10 @@ flush request the bot touches, the marker of a writer's one re-exec.
 from __future__ import annotations
 
 import argparse
-import fcntl
 from dataclasses import dataclass
 from pathlib import Path
+
+import filelock
 
 EXIT_OK, EXIT_RETRY, EXIT_CONFIG = 0, 75, 78  # sysexits: TEMPFAIL (start a fresh process), CONFIG
 STATUS_FILE = "writer-status.json"
@@ -85,10 +86,10 @@ def writer_running(repo: Path) -> bool:
     path = writer_lock_path(repo)
     if not path.exists():
         return False
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return False
+    probe = filelock.FileLock(path)
+    try:
+        probe.acquire(timeout=0)
+    except filelock.Timeout:
+        return True
+    probe.release()
+    return False

@@ -77,7 +77,7 @@ def test_export_writes_the_folder(config_file: tuple[Path, dict[str, str]], tmp_
     assert code == 0, captured.err
     assert "export first-days: 4 ratings, 3 pairs" in captured.out
     assert f"folder: {out}" in captured.out
-    assert "exporting [" in captured.err and "3/3 rounds" in captured.err
+    assert "exporting: 100%" in captured.err and "3/3" in captured.err
     ratings = pq.read_table(out / "ratings" / "train.parquet").to_pylist()
     assert {r["round_id"] for r in ratings} == {rounds["jan2"]}  # Jan 5 is after --until, Ben opted out
     assert sorted(p.name for p in out.iterdir()) == [".oxen", "README.md", "export.json", "images", "pairs", "ratings"]
