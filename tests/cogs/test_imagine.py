@@ -72,14 +72,21 @@ async def test_message_in_prompt_channel_and_mention_elsewhere(world: World, sta
 async def test_unlisted_channel_bots_and_own_messages_are_ignored(world: World, start_bot) -> None:
     """No reply to a plain message in an unlisted channel, to another bot, or to the bot's own rounds."""
     other_bot = world.server.add_user("otherbot", bot=True)
-    async with start_bot():
+    async with start_bot() as app:
         await world.server.send_message(world.general, world.alice, "a castle")
         await world.server.send_message(world.imagine, other_bot, "a robot")
         marker = await world.server.send_message(world.imagine, world.alice, "a boat")
         await world.server.wait_for_message(
             lambda m: m.get("message_reference", {}).get("message_id") == marker["id"]
             and len(m["attachments"]) == 4, timeout=60)
-        await asyncio.sleep(0.5)  # give a wrongly triggered round time to show up
+        # Any answer the two earlier messages had wrongly started would be running or done by now (they
+        # were dispatched first, and alice's castle would have queued before her boat): wait until the
+        # bot answers nothing, instead of sleeping and hoping.
+        for _ in range(500):
+            if not app.bot.answering:
+                break
+            await asyncio.sleep(0.01)
+        assert not app.bot.answering
         assert bot_messages(world, world.general) == []
         replies = bot_messages(world, world.imagine)
         assert [m["message_reference"]["message_id"] for m in replies] == [marker["id"]]
