@@ -105,9 +105,9 @@ class WriterProcess:
 
     def stop(self, timeout: float | None = None) -> int | None:
         """Stop the writer once it has committed everything journaled: SIGTERM (it commits what is
-        pending, for at most `timeout`, default `stop_flush_s`, then exits 0), SIGKILL if it is still
-        there a few seconds later. A writer already gone while events wait (a SIGTERM sent to the
-        whole service reached it before the bot's last events) is run once more to commit them."""
+        pending, for at most `stop_flush_s`, then exits 0), SIGKILL if it is still there 5 s past
+        `timeout` (default `stop_flush_s`). A writer already gone while events wait (a SIGTERM sent to
+        the whole service reached it before the bot's last events) is run once more to commit them."""
         self._stopping = True
         budget = self.settings.stop_flush_s if timeout is None else timeout
         deadline = time.monotonic() + budget
