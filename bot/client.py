@@ -17,7 +17,7 @@ from bot.service import RefineryService
 log = logging.getLogger(__name__)
 
 COGS = ("cogs.imagine", "cogs.votes", "cogs.refine", "cogs.export", "cogs.queue", "cogs.moderation",
-        "cogs.models")
+        "cogs.models", "cogs.vote_reconcile")
 DISCORD_API_BASE = "https://discord.com/api/v10"
 DISCORD_GATEWAY = "wss://gateway.discord.gg/"
 

@@ -100,8 +100,14 @@ class VotesConfig:
     emoji: tuple[str, ...] = ("1️⃣", "2️⃣", "3️⃣", "4️⃣")  # one per candidate, in order
     none_emoji: str = "❌"  # "none of these is good"
     seed_reactions: bool = True  # the bot adds the vote emoji itself
+    # On start-up (and a resume after a gap) compare rounds of the last this many days with the reactions
+    # Discord shows, journaling what changed while the bot was away; 0 = off.
+    reconcile_days: float = 3.0
+    reconcile_pace_s: float = 0.25  # between reconciliation's REST requests, to leave room for live traffic
 
     def check(self) -> None:
+        _in_range("votes.reconcile_days", self.reconcile_days, 0.0, 365.0)
+        _in_range("votes.reconcile_pace_s", self.reconcile_pace_s, 0.0, 60.0)
         _require(len(set(self.emoji)) == len(self.emoji), "votes.emoji", self.emoji, "must be distinct")
         _require(self.none_emoji not in self.emoji, "votes.none_emoji", self.none_emoji,
                  "must differ from the candidate emoji")

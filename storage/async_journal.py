@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from storage.journal import Journal, JournalClosedError, JournalEvent, JournalStats, validate_record
-from storage.records import Record, Round, VoteEvent
+from storage.records import Record, Round, RoundPosted, VoteEvent
 
 T = TypeVar("T")
 
@@ -57,6 +57,10 @@ class EventLog(Protocol):
 
     async def vote_state(self, round_id: str) -> dict[int, set[int]]:
         """candidate → the users whose vote for it stands."""
+        ...
+
+    async def posted_since(self, since: float) -> list[RoundPosted]:
+        """Round messages posted at or after `since` (epoch seconds), oldest first."""
         ...
 
     async def has_vote(self, round_id: str, candidate: int, user_id: int) -> bool: ...
@@ -138,6 +142,9 @@ class AsyncJournal:
 
     async def vote_state(self, round_id: str) -> dict[int, set[int]]:
         return await self._call(lambda: self.journal.vote_state(round_id))
+
+    async def posted_since(self, since: float) -> list[RoundPosted]:
+        return await self._call(lambda: self.journal.posted_since(since))
 
     async def has_vote(self, round_id: str, candidate: int, user_id: int) -> bool:
         return await self._call(lambda: self.journal.has_vote(round_id, candidate, user_id))

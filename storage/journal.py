@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from storage.records import RECORD_TYPES, Record, Round, RoundPosted, VoteEvent
+from storage.records import RECORD_TYPES, VOTE_SOURCES, Record, Round, RoundPosted, VoteEvent
 
 T = TypeVar("T")
 
@@ -83,6 +83,8 @@ def validate_record(record: Record) -> None:
         raise ValueError(f"not a journal record: {record!r}")
     if isinstance(record, VoteEvent) and record.action not in ("add", "remove"):
         raise ValueError(f"vote action must be 'add' or 'remove', got {record.action!r}")
+    if isinstance(record, VoteEvent) and record.source not in VOTE_SOURCES:
+        raise ValueError(f"vote source must be one of {', '.join(VOTE_SOURCES)}, got {record.source!r}")
 
 
 def _decode(kind: str, payload: str) -> Record:
@@ -267,6 +269,15 @@ class Journal:
             "SELECT message_id FROM round_messages WHERE round_id=? ORDER BY rowid DESC LIMIT 1", (round_id,)
         )
         return int(rows[0][0]) if rows else None
+
+    def posted_since(self, since: float) -> list[RoundPosted]:
+        """Round messages posted at or after `since` (epoch s, the record's own time), oldest first."""
+        rows = self._read(
+            "SELECT payload FROM events WHERE kind='round_messages' AND json_extract(payload, '$.created_at') >= ? "
+            "ORDER BY seq",
+            (since,),
+        )
+        return [RoundPosted.from_dict(json.loads(row[0])) for row in rows]
 
     def vote_state(self, round_id: str) -> dict[int, set[int]]:
         state: dict[int, set[int]] = {}

@@ -89,6 +89,9 @@ class RoundPosted(Record):
     created_at: float = field(default_factory=now)
 
 
+VOTE_SOURCES = ("gateway", "reconciled")  # how a vote event was seen (VoteEvent.source)
+
+
 @dataclass(frozen=True)
 class VoteEvent(Record):
     """A reaction added or removed on a round's message. `candidate` is 1-4, or 0 for "none is good"."""
@@ -105,6 +108,9 @@ class VoteEvent(Record):
     channel_id: int
     message_id: int
     created_at: float = field(default_factory=now)
+    # "gateway": a live reaction event; "reconciled": a difference found by comparing the round's
+    # reactions on Discord with the journal after the bot was away (journal rows without it are live).
+    source: str = "gateway"
 
 
 @dataclass(frozen=True)

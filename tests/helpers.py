@@ -99,6 +99,9 @@ class MemoryJournal:
     async def has_vote(self, round_id: str, candidate: int, user_id: int) -> bool:
         return (round_id, candidate, user_id) in self.votes
 
+    async def posted_since(self, since: float) -> list[RoundPosted]:
+        return [r for r in self.records("round_messages") if r.created_at >= since]
+
     async def stats(self) -> JournalStats:
         by_kind: dict[str, int] = {}
         for event in self.log:
