@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from bot.client import RefineryBot, point_discord_at
 from bot.config import Config, Secrets
+from bot.dashboard import Dashboard
 from bot.service import Masker, RefineryService
 from pipeline.acceleration import Acceleration
 from pipeline.diffusers_generator import DiffusersGenerator, GeneratorSettings
@@ -45,6 +46,7 @@ class App:
     journal: AsyncJournal
     writer: WriterProcess | None
     task: asyncio.Task[None]
+    dashboard: Dashboard | None = None
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
         """Wait for the gateway's READY, or raise StartupError if the bot stopped first."""
@@ -138,9 +140,13 @@ async def running_app(config: Config, secrets: Secrets, *, generator: Generator 
                                   export_key=secrets.export_key or None)
         await service.load()
         bot = RefineryBot(config, service)
+        if config.dashboard.enabled:  # the moderators' web pages, /healthz and /metrics (bot/dashboard/)
+            bot.dashboard = Dashboard(config, service, key=secrets.dashboard_key, writer=writer)
+            await bot.dashboard.start()
+            stack.push_async_callback(bot.dashboard.stop)  # after the bot's stop: health answers until then
         task = asyncio.create_task(bot.start(secrets.discord_token), name="refinery-discord")
         stack.push_async_callback(_stop_bot, bot, task, queue, config.discord.stop_timeout_s)
-        yield App(config, bot, service, queue, journal, writer, task)
+        yield App(config, bot, service, queue, journal, writer, task, bot.dashboard)
 
 
 async def _keep_writer_running(writer: WriterProcess, every_s: float = 5.0) -> None:

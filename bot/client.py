@@ -12,12 +12,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Config
+from bot.dashboard import Dashboard
 from bot.service import RefineryService
 
 log = logging.getLogger(__name__)
 
 COGS = ("cogs.imagine", "cogs.votes", "cogs.refine", "cogs.export", "cogs.queue", "cogs.moderation",
-        "cogs.models", "cogs.vote_reconcile")
+        "cogs.models", "cogs.dashboard", "cogs.vote_reconcile")
 DISCORD_API_BASE = "https://discord.com/api/v10"
 DISCORD_GATEWAY = "wss://gateway.discord.gg/"
 
@@ -52,6 +53,8 @@ class RefineryBot(commands.Bot):
         )
         self.config = config
         self.service = service
+        # Set by running_app when [dashboard] is enabled; cogs/dashboard.py hands out its login links.
+        self.dashboard: Dashboard | None = None
         # Tasks now answering a user (run_and_post): shutdown lets them post their last word first.
         self.answering: set[asyncio.Task[Any]] = set()
 

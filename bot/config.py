@@ -237,6 +237,33 @@ class ArenaConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The moderators' web dashboard, /healthz and /metrics (bot/dashboard/), served by the bot itself."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8686"  # host:port; /healthz and /metrics are unauthenticated, so keep it local
+    public_url: str = ""  # what login links start with (a reverse proxy's https URL); empty = http://<listen>
+    session_hours: float = 12.0  # a login lasts this long
+    permission_cache_s: float = 60.0  # a moderator demoted in Discord loses access within this time
+    page_size: int = 24  # rounds per gallery page
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def check(self) -> None:
+        host, _, port = self.listen.rpartition(":")
+        _require(bool(host) and port.isdigit() and int(port) <= 65535, "dashboard.listen", self.listen,
+                 "must be host:port, e.g. 127.0.0.1:8686")
+        _require(not self.public_url or self.public_url.startswith(("http://", "https://")), "dashboard.public_url",
+                 self.public_url, "must be empty or an http(s) URL")
+        _in_range("dashboard.session_hours", self.session_hours, 0.01, 24 * 90)
+        _in_range("dashboard.permission_cache_s", self.permission_cache_s, 0.0, 3600.0)
+        _in_range("dashboard.page_size", self.page_size, 1, 200)
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -248,11 +275,12 @@ class Config:
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     arena: ArenaConfig = field(default_factory=ArenaConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
     base_dir: Path = Path(".")  # folder of the config file; not a TOML key
 
     def check(self) -> None:
         for section in (self.model, self.generation, self.discord, self.votes, self.storage, self.queue,
-                        self.refine, self.moderation, self.performance, self.arena):
+                        self.refine, self.moderation, self.performance, self.arena, self.dashboard):
             section.check()
         _require(len(self.votes.emoji) == self.generation.candidates, "votes.emoji", self.votes.emoji,
                  f"needs one emoji per candidate ({self.generation.candidates})")
@@ -383,6 +411,7 @@ class Secrets:
     discord_token: str = field(default="", repr=False)
     oxen_auth_token: str = field(default="", repr=False)
     export_key: str = field(default="", repr=False)
+    dashboard_key: str = field(default="", repr=False)  # signs dashboard logins; empty = random per start
 
     @classmethod
     def from_env(cls, env: typing.Mapping[str, str] | None = None) -> Secrets:
@@ -391,4 +420,5 @@ class Secrets:
             discord_token=env.get("DISCORD_TOKEN", "").strip(),
             oxen_auth_token=env.get("OXEN_AUTH_TOKEN", "").strip(),
             export_key=env.get("REFINERY_EXPORT_KEY", "").strip(),
+            dashboard_key=env.get("REFINERY_DASHBOARD_KEY", "").strip(),
         )

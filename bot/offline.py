@@ -22,6 +22,7 @@ OFFLINE_SETTINGS: dict[str, dict[str, Any]] = {
                    "min_size": 64, "max_size": 256, "progress_interval_s": 0.2},
     "storage": {"commit_interval_s": 0.5, "commit_batch": 500},
     "discord": {"guild_ready_timeout_s": 0.1, "prompt_channels": ["imagine"]},
+    "dashboard": {"listen": "127.0.0.1:0"},  # any free port: tests and demos run side by side
 }
 
 

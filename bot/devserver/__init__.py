@@ -212,6 +212,16 @@ class DiscordDevServer:
         )
         return user.id
 
+    def remove_role(self, user_id: int, role_id: int) -> None:
+        """Take a role from a member (a demotion); a connected bot gets GUILD_MEMBER_UPDATE."""
+        self._require(user_id=user_id)
+        user = self._world.users[user_id]
+        if role_id not in user.roles:
+            raise ValueError(f"user {user_id} does not have role {role_id}")
+        user.roles.remove(role_id)
+        payload = self._world.member_payload(user_id) | {"guild_id": str(self.guild_id)}
+        self._gateway.dispatch("GUILD_MEMBER_UPDATE", payload)
+
     def dm_channel(self, user_id: int) -> int:
         """The bot's DM channel with a user (what `POST /users/@me/channels` opens), created if needed."""
         self._require(user_id=user_id)

@@ -1,0 +1,168 @@
+"""The dashboard over HTTP (a real socket, the real bot on the loopback Discord): health, metrics, logins,
+sessions, CSRF, the permission re-check and the image routes."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from http.cookies import SimpleCookie
+from typing import Any
+
+import aiohttp
+import yarl
+from prometheus_client.parser import text_string_to_metric_families
+
+from bot.dashboard._auth import COOKIE, login_token
+from tests.cogs.test_export import make_round, slash, until
+from tests.conftest import World
+
+EPHEMERAL = 64
+LINK = re.compile(r"(http://127\.0\.0\.1:\d+/login\?t=\S+)")
+
+
+def metric_values(text: str) -> dict[str, float]:
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if not sample.labels}
+
+
+async def get(url: str, **kwargs: Any) -> tuple[int, str, aiohttp.ClientResponse]:
+    async with aiohttp.ClientSession() as http, http.get(url, allow_redirects=False, **kwargs) as response:
+        return response.status, await response.text(errors="replace"), response
+
+
+async def post(url: str, data: dict[str, str], **kwargs: Any) -> tuple[int, str, aiohttp.ClientResponse]:
+    async with aiohttp.ClientSession() as http, http.post(url, data=data, allow_redirects=False,
+                                                          **kwargs) as response:
+        return response.status, await response.text(errors="replace"), response
+
+
+async def login_link(world: World, user: int) -> str:
+    answer = await slash(world, "dashboard", {}, user)
+    data = answer.responses[0]["data"]
+    assert data["flags"] & EPHEMERAL
+    found = LINK.search(data["content"])
+    assert found, data["content"]
+    return found.group(1)
+
+
+async def log_in(link: str) -> dict[str, str]:
+    """Follow a link as a browser does (open, then press Continue); the session cookie."""
+    status, page, _ = await get(link)
+    assert status == 200 and "Continue to the dashboard" in page
+    token = yarl.URL(link).query["t"]
+    status, _, response = await post(str(yarl.URL(link).with_query(None)), {"t": token})
+    assert status == 303 and response.headers["Location"] == "/rounds"
+    cookie = SimpleCookie(response.headers["Set-Cookie"])[COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["secure"]
+    return {COOKIE: cookie.value}
+
+
+async def test_healthz_and_metrics(world: World, start_bot) -> None:
+    """/healthz is 200 while the writer runs and 503 once it is stopped; /metrics parses and counts what
+    was journaled (a round, two votes, a generation time), with no login."""
+    async with start_bot(start_writer=True) as app:
+        base = app.dashboard.base_url
+        msg_id, _ = await make_round(world, app, world.alice, "a red fox")
+        await world.server.add_reaction(world.imagine, msg_id, world.alice, "1️⃣")
+        await world.server.add_reaction(world.imagine, msg_id, world.bob, "3️⃣")
+
+        async def voted() -> bool:
+            return metric_values((await get(f"{base}/metrics"))[1]).get("refinery_votes_total") == 2
+        await until(voted)
+        status, text, response = await get(f"{base}/metrics")
+        assert status == 200 and response.headers["Content-Type"].startswith("text/plain")
+        values = metric_values(text)
+        assert values["refinery_rounds_total"] == 1 and values["refinery_refinements_total"] == 0
+        assert values["refinery_generation_seconds_count"] == 1 and values["refinery_queue_depth"] == 0
+        assert values["refinery_writer_running"] == 1 and values["refinery_discord_connected"] == 1
+        assert "refinery_writer_lag_seconds" in values and "refinery_dropped_events_total" in values
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/healthz") as response:
+            assert response.status == 200, await response.text()
+            body = await response.json()
+        assert body["ok"] and body["writer"]["running"] and body["queue"]["depth"] == 0
+        await asyncio.to_thread(app.writer.stop)
+        async with aiohttp.ClientSession() as http, http.get(f"{base}/healthz") as response:
+            assert response.status == 503
+            body = await response.json()
+        assert body["problems"] == ["the Oxen writer is not running"]
+
+
+async def test_login_links_sessions_and_csrf(world: World, start_bot) -> None:
+    """A plain member gets no link; forged, expired and reused links are refused; a session cookie opens
+    the pages; a POST without the CSRF token changes nothing; with it, the flag is journaled."""
+    server = world.server
+    mods = server.add_role("Mods")
+    carol = server.add_user("carol", roles=[mods])
+    async with start_bot({"moderation": {"moderator_roles": ["Mods"]},
+                          "dashboard": {"permission_cache_s": 0}}) as app:
+        base = app.dashboard.base_url
+        _, round_id = await make_round(world, app, world.alice, "a blue whale")
+
+        refused = await slash(world, "dashboard", {}, world.bob)
+        assert "Only moderators can open the dashboard" in refused.responses[0]["data"]["content"]
+        assert "login" not in refused.responses[0]["data"]["content"]
+
+        status, _, response = await get(f"{base}/rounds")
+        assert status == 303 and response.headers["Location"] == "/welcome"
+        status, page, _ = await get(f"{base}/welcome")
+        assert status == 200 and "Log in from Discord" in page and "/dashboard" in page
+
+        link = await login_link(world, carol)
+        token = yarl.URL(link).query["t"]
+        forged = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
+        for bad in (forged, token.replace(str(carol), str(world.bob)),
+                    login_token(app.dashboard.signer, carol, server.guild_id, time.time() - 601)):
+            status, page, _ = await get(f"{base}/login", params={"t": bad})
+            assert status == 403 and "Login refused" in page
+            status, _, _ = await post(f"{base}/login", {"t": bad})
+            assert status == 403
+        cookies = await log_in(link)
+        status, page, _ = await post(f"{base}/login", {"t": token})
+        assert status == 403 and "already used" in page
+
+        status, page, _ = await get(f"{base}/rounds", cookies=cookies)
+        assert status == 200 and round_id in page
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        for data in ({}, {"csrf": "not-the-token"}):
+            status, page, _ = await post(f"{base}/rounds/{round_id}/flag", data, cookies=cookies)
+            assert status == 403 and "Nothing was changed" in page
+        status, _, _ = await post(f"{base}/rounds/{round_id}/flag", {"csrf": csrf})  # no session
+        assert status == 403
+        assert not await app.journal.events("moderation")
+        status, _, response = await post(f"{base}/rounds/{round_id}/flag", {"csrf": csrf}, cookies=cookies)
+        assert status == 303 and response.headers["Location"] == f"/rounds/{round_id}"
+        (flag,) = [e.record for e in await app.journal.events("moderation")]
+        assert (flag.action, flag.moderator_id, flag.round_id, flag.reason) == ("flag", carol, round_id, "dashboard")
+
+        server.remove_role(carol, mods)  # demoted in Discord: the next request is refused
+        status, page, response = await get(f"{base}/rounds", cookies=cookies)
+        assert status == 403 and "not a moderator" in page
+        status, _, _ = await get(f"{base}/healthz")
+        assert status == 200  # /healthz and /metrics need no login
+
+
+async def test_image_routes_serve_only_round_images(world: World, start_bot) -> None:
+    """Images and thumbnails of a round are served to a moderator; path tricks and other files are not."""
+    owner = world.server.owner_id
+    async with start_bot() as app:
+        base = app.dashboard.base_url
+        _, round_id = await make_round(world, app, world.alice, "a green frog")
+        cookies = await log_in(await login_link(world, owner))
+        status, _, response = await get(f"{base}/images/{round_id}/1.png", cookies=cookies)
+        assert status == 200 and response.headers["Content-Type"] == "image/png"
+        status, _, response = await get(f"{base}/thumbs/{round_id}/4.png", cookies=cookies)
+        assert status == 200 and response.headers["Content-Type"] == "image/png"
+        status, _, _ = await get(f"{base}/images/{round_id}/1.png")
+        assert status == 303  # not without a session
+        journal = app.config.journal_path.read_bytes()[:16]
+        for path in (f"/images/{round_id}/..%2F..%2Fjournal.sqlite3", "/images/..%2F..%2F/journal.sqlite3",
+                     f"/images/{round_id}/%2e%2e%2f%2e%2e%2fjournal.sqlite3",
+                     f"/images/{round_id}/../../journal.sqlite3", "/images/../journal.sqlite3",
+                     f"/thumbs/{round_id}/..%2F1.png", f"/images/{round_id}/5.png",
+                     "/images/0123456789ab/1.png"):
+            async with aiohttp.ClientSession(cookies=cookies) as http, \
+                    http.get(yarl.URL(base + path, encoded=True), allow_redirects=False) as response:
+                body = await response.read()
+            assert response.status in (400, 404), (path, response.status)
+            assert journal not in body
