@@ -84,17 +84,21 @@ async def round_page(request: web.Request) -> web.Response:
     found = await dash.service.journal.round(round_id)  # the full record: seeds, parameters, plan
     ancestors: list[RoundRow] = []
     parent = row.parent_round_id
-    while parent and len(ancestors) < 50 and (up := await dash.read(dash.index.round, parent)) is not None:
+    while parent and len(ancestors) < 50 and (up := await dash.query(dash.index.round, parent)) is not None:
         ancestors.insert(0, up)
         parent = up.parent_round_id
-    children, frontier, count = {}, [row.round_id], 0
-    while frontier and count < MAX_DESCENDANTS:  # breadth first: near descendants before far ones
+    children: dict[str, list[RoundRow]] = {}
+    frontier, count, more = [row.round_id], 0, 0
+    while frontier:  # breadth first: near descendants before far ones
         rid = frontier.pop(0)
-        kids = (await dash.read(dash.index.children, rid))[: MAX_DESCENDANTS - count]
-        children[rid], count = kids, count + len(kids)
-        frontier.extend(k.round_id for k in kids)
-    more = sum(len(await dash.read(dash.index.children, rid)) for rid in frontier)
-    timeline = await dash.read(dash.index.vote_timeline, round_id)
+        kids = await dash.query(dash.index.children, rid)
+        if count >= MAX_DESCENDANTS:
+            more += len(kids)
+            continue
+        children[rid], count = kids[: MAX_DESCENDANTS - count], count + len(kids)
+        more += len(kids) - len(children[rid])
+        frontier.extend(k.round_id for k in children[rid])
+    timeline = await dash.query(dash.index.vote_timeline, round_id)
     plan = None
     if found is not None and found.plan:
         try:

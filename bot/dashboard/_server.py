@@ -158,6 +158,10 @@ class Dashboard:
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         """Bring the read model up to the journal, then query it, off the event loop."""
         await self.catch_up()
+        return await self.query(fn, *args)
+
+    async def query(self, fn: Callable[..., T], *args: Any) -> T:
+        """Query the read model as it is (a page's further queries, after one `read`)."""
         return await asyncio.to_thread(fn, *args)
 
     # -- health -------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ sessions, CSRF, the permission re-check and the image routes."""
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import time
+import zipfile
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -166,3 +168,75 @@ async def test_image_routes_serve_only_round_images(world: World, start_bot) -> 
                 body = await response.read()
             assert response.status in (400, 404), (path, response.status)
             assert journal not in body
+
+
+async def test_pages_moderation_and_exports(world: World, start_bot, monkeypatch) -> None:
+    """Gallery filters, a refined round's lineage drawn as inline SVG, banned phrases and remove through the
+    service (journaled as from the slash commands), and an export created, listed and downloaded as a zip."""
+    monkeypatch.setenv("REFINERY_EXPORT_KEY", "test-export-key-0123456789")
+    owner = world.server.owner_id
+    async with start_bot() as app:
+        base = app.dashboard.base_url
+        msg_id, parent = await make_round(world, app, world.alice, "a red fox")
+        await world.server.add_reaction(world.imagine, msg_id, world.bob, "2️⃣")
+        await world.server.send_message(world.imagine, world.bob, "2: in watercolor", reply_to=msg_id)
+        child = await world.server.wait_for_message(
+            lambda m: len(m["attachments"]) == 4 and int(m["id"]) != msg_id, timeout=60)
+        await until(lambda: _has_child(app, parent))
+        cookies = await log_in(await login_link(world, owner))
+
+        status, page, _ = await get(f"{base}/rounds", cookies=cookies)
+        assert status == 200 and page.count('class="round') == 2 and page.count("/thumbs/") == 8
+        status, page, _ = await get(f"{base}/rounds", params={"mode": "img2img"}, cookies=cookies)
+        assert page.count('class="round') == 1 and f"↳ from <a href=\"/rounds/{parent}\"" in page
+        status, page, _ = await get(f"{base}/rounds", params={"since": "yesterday"}, cookies=cookies)
+        assert status == 400 and "is not a date" in page
+
+        (child_id,) = [r.round_id for r in (await app.dashboard.read(app.dashboard.index.children, parent))]
+        assert child["id"]
+        status, page, _ = await get(f"{base}/rounds/{child_id}", cookies=cookies)
+        assert status == 200 and '<svg class="lineage"' in page
+        assert f'data-round="{parent}"' in page and f'data-round="{child_id}"' in page
+        assert "#2 · img2img · in watercolor" in page and "seed " in page
+        status, page, _ = await get(f"{base}/rounds/{parent}", cookies=cookies)
+        assert 'class="votes" data-candidate="2">1<' in page and "took back" not in page
+
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        status, _, _ = await post(f"{base}/moderation/banned", {"csrf": csrf, "op": "add", "phrase": "kraken"},
+                                  cookies=cookies)
+        assert status == 303
+        status, page, _ = await get(f"{base}/moderation", cookies=cookies)
+        assert "<code>kraken</code>" in page and "banned_add" in page
+        status, _, _ = await post(f"{base}/moderation/round", {"csrf": csrf, "op": "remove", "round": parent,
+                                                               "reason": "spam"}, cookies=cookies)
+        assert status == 303
+        await until(lambda: _gone(world, msg_id))
+        actions = [(e.record.action, e.record.moderator_id, e.record.round_id, e.record.reason)
+                   for e in await app.journal.events("moderation")]
+        assert actions == [("banned_add", owner, None, "kraken"), ("remove", owner, parent, "dashboard: spam")]
+        status, page, _ = await get(f"{base}/rounds/{parent}", cookies=cookies)
+        assert "badge removed" in page
+
+        status, _, response = await post(f"{base}/exports", {"csrf": csrf, "name": "weekly", "formats": "ratings"},
+                                         cookies=cookies)
+        assert status == 303 and response.headers["Location"] == "/exports?made=weekly"
+        status, page, _ = await get(f"{base}/exports", cookies=cookies)
+        assert "weekly.zip" in page
+        async with aiohttp.ClientSession(cookies=cookies) as http, http.get(f"{base}/exports/weekly.zip") as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "application/zip"
+            archive = zipfile.ZipFile(io.BytesIO(await response.read()))
+        assert "weekly/ratings/train.parquet" in archive.namelist()
+        assert not any("/.oxen/" in name for name in archive.namelist())
+        status, _, _ = await get(f"{base}/exports/..%2Fjournal.zip", cookies=cookies)
+        assert status == 404
+        for page_path in ("/activity", "/status", "/adapters"):
+            status, page, _ = await get(base + page_path, cookies=cookies)
+            assert status == 200, (page_path, page[-2000:])
+
+
+async def _has_child(app: Any, parent: str) -> bool:
+    return bool(await app.dashboard.read(app.dashboard.index.children, parent))
+
+
+async def _gone(world: World, message_id: int) -> bool:
+    return message_id not in {int(m["id"]) for m in world.server.channel_messages(world.imagine)}
