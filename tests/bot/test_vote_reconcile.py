@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.vote_reconcile import ShownReactions, VoteChange, vote_changes
+from bot.vote_reconcile import ReadReactions, ShownReactions, VoteChange, vote_changes
 from storage.journal import Journal
 from storage.records import RoundPosted, VoteEvent, new_id
 from tests.helpers import core_service, make_round
@@ -33,7 +33,8 @@ def test_vote_changes_turn_the_journal_into_what_discord_shows(
     assert vote_changes(journaled, shown, ignore=ignore) == expected
 
 
-def reads(table: dict[str, set[int]] | None):  # type: ignore[no-untyped-def]
+def reads(table: dict[str, set[int]] | None) -> ReadReactions:
+    """A Discord reader that shows `table` for every round message."""
     async def read(posted: RoundPosted) -> ShownReactions:
         return table
     return read
