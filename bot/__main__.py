@@ -17,6 +17,7 @@ from typing import Any, TextIO
 from bot.cli import add_log_level, os_error_line, parse
 from bot.config import Config, ConfigError, Secrets, load_config
 from bot.logs import setup_logging
+from pipeline.model_errors import ModelUnavailable
 from storage.exports import FORMATS
 
 log = logging.getLogger("refinery")
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
 
     run = commands.add_parser("run", help="start the bot (needs DISCORD_TOKEN in the environment)")
     run.add_argument("--config", type=Path, default=None, help="config file (default: ./config.toml)")
+
+    doctor = commands.add_parser("doctor", help="check the set-up, one line each: token, Discord, GPU, models, "
+                                 "storage, Redis, export key (exit 1 if any fails)")
+    doctor.add_argument("--config", type=Path, default=None, help="config file (default: ./config.toml)")
 
     demo = commands.add_parser("demo", help="the full loop offline: tiny model, local Discord server")
     demo.add_argument("--out", type=Path, default=Path("demo-output"), help="where the demo keeps its files")
@@ -80,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(_config(args.config), secrets)
+        if args.command == "doctor":
+            from bot.doctor import run_doctor
+
+            path = args.config or (Path("config.toml") if Path("config.toml").exists() else None)
+            return run_doctor(_config(args.config), secrets, config_path=path, out=sys.stdout)
         if args.command == "demo":
             from bot.demo import run_demo
 
@@ -105,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_train(args, _config(args.config))
     except ConfigError as exc:
         print(f"refinery: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ModelUnavailable as exc:  # not cached and no hub, a wrong folder: one line that says what to do
+        log.debug("refinery %s: a model did not load", args.command, exc_info=True)
+        print(f"refinery {args.command}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a path that cannot be written or read (--out, --config, data_dir): one line
         log.debug("refinery %s failed", args.command, exc_info=True)

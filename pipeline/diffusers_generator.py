@@ -50,6 +50,7 @@ from pipeline.adapters import LoadedAdapters
 from pipeline.call_arguments import call_arguments, check_request
 from pipeline.checkpoints import load_unet, public_model_id, revision_of
 from pipeline.masks import ClipSegMasker, encode_png
+from pipeline.model_errors import explained
 from pipeline.requests import AdapterRef, GenerationRequest, GenerationResult, Mode, ProgressCallback
 from pipeline.safety import ImageSafetyChecker
 
@@ -153,13 +154,14 @@ class DiffusersGenerator:
             if settings.cpu_threads is not None:
                 torch.set_num_threads(settings.cpu_threads)
             diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars
-            text = StableDiffusionPipeline.from_pretrained(
-                settings.model,
-                revision=settings.revision,
-                dtype=self.dtype,
-                local_files_only=settings.local_files_only,
-                **_NO_SAFETY,
-            )
+            with explained("model.id", settings.model, local_files_only=settings.local_files_only):
+                text = StableDiffusionPipeline.from_pretrained(
+                    settings.model,
+                    revision=settings.revision,
+                    dtype=self.dtype,
+                    local_files_only=settings.local_files_only,
+                    **_NO_SAFETY,
+                )
             self._prepare(text)
             pipes: dict[Mode, Any] = {
                 Mode.TEXT: text,
@@ -171,7 +173,8 @@ class DiffusersGenerator:
             )
             for mode, pipeline_class, model, channels in plugs:
                 if model:
-                    pipes[mode] = self._plug(text, pipeline_class, model, channels)
+                    with explained(f"model.{mode.value}_model", model, local_files_only=settings.local_files_only):
+                        pipes[mode] = self._plug(text, pipeline_class, model, channels)
                     self._mode_models[mode] = (model, revision_of(model))
             if Mode.INPAINT not in pipes:
                 # The 4-channel UNet inpaints by blending the noised original back in outside the mask.
@@ -181,8 +184,10 @@ class DiffusersGenerator:
             self.model_revision = revision_of(settings.model, settings.revision)
             self.speedups.apply(pipes.values())
             if settings.safety_checker:
-                self._safety = ImageSafetyChecker(settings.safety_checker, device=self.device, dtype=self.dtype,
-                                                  local_files_only=settings.local_files_only)
+                with explained("moderation.safety_checker", settings.safety_checker,
+                               local_files_only=settings.local_files_only):
+                    self._safety = ImageSafetyChecker(settings.safety_checker, device=self.device, dtype=self.dtype,
+                                                      local_files_only=settings.local_files_only)
             self._adapters = LoadedAdapters(text, Path(settings.models_dir) if settings.models_dir else None)
             self._pipes = pipes
             log.info(
@@ -228,9 +233,11 @@ class DiffusersGenerator:
         if not self.settings.clipseg_model:
             raise ModelNotConfigured("clipseg_model", "a mask from a phrase")
         if self._masker is None:
-            self._masker = ClipSegMasker(
-                self.settings.clipseg_model, local_files_only=self.settings.local_files_only
-            )
+            with explained("model.clipseg_model", self.settings.clipseg_model,
+                           local_files_only=self.settings.local_files_only):
+                self._masker = ClipSegMasker(
+                    self.settings.clipseg_model, local_files_only=self.settings.local_files_only
+                )
         return self._masker
 
     # --- generating -----------------------------------------------------------------------------

@@ -100,6 +100,14 @@ class OxenRepository:
         self.log()  # opens the databases now, so a lock or recovery panic surfaces here, not mid-batch
         return self
 
+    def open_existing(self) -> Self:
+        """Open a repository that exists, never creating one (`refinery doctor`'s read-only look)."""
+        if not (self.path / ".oxen").is_dir():
+            raise OxenError("open", f"{self.path} is not an Oxen repository (no .oxen folder)")
+        self._repo = _call("open", self._oxen.Repo, str(self.path))
+        self.log()
+        return self
+
     def configure_user(self, name: str, email: str) -> None:
         """Write the commit identity unless one is configured already (never overwrite a human's)."""
         config = Path(os.environ[CONFIG_ENV]) / "user_config.toml"

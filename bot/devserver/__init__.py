@@ -83,15 +83,18 @@ class DiscordDevServer:
         bot_token: str = "dev-token",
         bot_name: str = "Refinery",
         interaction_response_timeout: float | None = None,
+        message_content_intent: bool = True,
     ) -> None:
         """`interaction_response_timeout`: answer callbacks later than this (s) with 10062 Unknown
-        interaction, as Discord does after 3 s; None (default) never expires them."""
+        interaction, as Discord does after 3 s; None (default) never expires them.
+        `message_content_intent`: the portal's switch; off, a bot asking for it is refused (4014)."""
         self.host = host
         self.bot_token = bot_token
         self._requested_port = port
         self._port: int | None = None
         self._runner: web.AppRunner | None = None
         self._world = world = GuildWorld(bot_name=bot_name)
+        world.message_content_allowed = message_content_intent
         self._changes = Changes()
         self._gateway = Gateway(world, bot_token, self._changes, lambda: self.gateway_url)
         self._feed = MessageFeed(world, self._gateway, self._changes)

@@ -56,6 +56,7 @@ DECODE_ERROR, UNKNOWN_OPCODE, NOT_AUTHENTICATED, AUTHENTICATION_FAILED, ALREADY_
     4004,
     4005,
 )
+DISALLOWED_INTENTS = 4014  # a privileged intent the application has not switched on in the portal
 
 _Frame = str | Callable[[], None]  # a JSON text, or a marker run when the writer reaches it
 
@@ -220,6 +221,9 @@ class Gateway:
         if not self._token_ok(data.get("token")):
             await self._close(conn, AUTHENTICATION_FAILED, "Authentication failed.")
             return
+        if int(data.get("intents") or 0) & MESSAGE_CONTENT and not self._world.message_content_allowed:
+            await self._close(conn, DISALLOWED_INTENTS, "Disallowed intent(s).")
+            return
         session = GatewaySession(secrets.token_hex(16), int(data.get("intents") or 0), connection=conn)
         self.sessions[session.id] = session
         conn.session = session
@@ -233,7 +237,7 @@ class Gateway:
                 "session_id": session.id,
                 "session_type": "normal",
                 "resume_gateway_url": self._url(),
-                "application": {"id": str(world.application_id), "flags": 1 << 19},
+                "application": {"id": str(world.application_id), "flags": world.application_flags},
                 "private_channels": [],
                 "relationships": [],
                 "presences": [],

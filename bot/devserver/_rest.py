@@ -192,7 +192,7 @@ class RestApi:
                 "verify_key": "0" * 64,
                 "owner": world.owner.payload(),
                 "team": None,
-                "flags": 1 << 19,
+                "flags": world.application_flags,
                 "hook": True,
                 "rpc_origins": [],
                 "redirect_uris": [],

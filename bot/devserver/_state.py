@@ -51,6 +51,8 @@ class GuildWorld:
         self.message_reactions: dict[int, dict[str, set[int]]] = {}
         self.files: dict[str, tuple[bytes, str]] = {}  # URL path -> (data, content_type)
         self._permission_roles: dict[int, int] = {}
+        # The portal's "Message Content Intent" switch: off, IDENTIFY asking for it is closed with 4014.
+        self.message_content_allowed = True
 
         self.roles[self.id] = RoleRecord(self.id, "@everyone", 0, 0)  # permissions come from roles only
         # New applications' bot users share the application's id.
@@ -58,6 +60,11 @@ class GuildWorld:
         self.bot = UserRecord(self.application_id, bot_name, bot=True, roles=[bot_role.id])
         self.users[self.bot.id] = self.bot
         self.owner = self.add_user("owner", bot=False, roles=[], permissions=DEFAULT_MEMBER_PERMISSIONS)
+
+    @property
+    def application_flags(self) -> int:
+        """GATEWAY_MESSAGE_CONTENT_LIMITED (1 << 19) while the Message Content intent is switched on."""
+        return 1 << 19 if self.message_content_allowed else 0
 
     # -- people and places -------------------------------------------------------------------------
     def add_role(self, role_id: int, name: str, permissions: int, *, managed_by: int | None = None) -> RoleRecord:
