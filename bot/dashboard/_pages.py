@@ -18,7 +18,7 @@ from bot.moderation import parse_day
 from pipeline.requests import Mode
 from storage.round_index import GalleryFilter, RoundRow
 
-from ._svg import MAX_DESCENDANTS, bar_chart, last_days, lineage_tree
+from ._svg import MAX_DESCENDANTS, NODE_H, NODE_W, bar_chart, last_days, lineage_tree
 from ._web import dashboard_of, render
 
 ACTIVITY_DAYS = 30
@@ -109,7 +109,7 @@ async def round_page(request: web.Request) -> web.Response:
     if row.message_id and row.guild_id:
         link = f"https://discord.com/channels/{row.guild_id}/{row.channel_id}/{row.message_id}"
     return render(request, "round.html", row=row, record=found, plan=plan, timeline=timeline, discord_link=link,
-                  tree=lineage_tree(ancestors, row, children, more), when=_when)
+                  tree=lineage_tree(ancestors, row, children, more), node_w=NODE_W, node_h=NODE_H, when=_when)
 
 
 async def activity(request: web.Request) -> web.Response:

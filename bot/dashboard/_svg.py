@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from storage.round_index import RoundRow
 
-NODE_W, NODE_H, GAP_X, GAP_Y = 180, 54, 24, 70
+NODE_W, NODE_H, GAP_X, GAP_Y = 230, 54, 24, 70
+LABEL_ROOM = 230  # right of the last column, for the edge labels of a single line of descent
 MAX_DESCENDANTS = 40  # beyond this the tree says how many more there are
 
 
@@ -83,7 +84,7 @@ def lineage_tree(ancestors: Sequence[RoundRow], current: RoundRow, children: dic
     nodes = []
     for rid, row in rows.items():
         x, y = at(rid)
-        nodes.append(Node(rid, x, y, clip(row.prompt, 26), f"{row.mode} · {row.voters} voter(s)",
+        nodes.append(Node(rid, x, y, clip(row.prompt, 32), f"{row.mode} · {row.voters} voter(s)",
                           rid == current.round_id, row.flagged, row.removed))
     edges = []
     for rid, row in rows.items():
@@ -92,8 +93,8 @@ def lineage_tree(ancestors: Sequence[RoundRow], current: RoundRow, children: dic
             label = " · ".join(filter(None, (f"#{row.parent_candidate}" if row.parent_candidate else "all four",
                                               row.mode, clip(row.instruction, 30))))
             edges.append(Edge(px + NODE_W / 2, py + NODE_H, cx + NODE_W / 2, cy, label))
-    width = 20 + max(1, leaves) * (NODE_W + GAP_X)
-    height = 20 + (max(depth.values()) + 1) * (NODE_H + GAP_Y)
+    width = 20 + max(1, leaves) * (NODE_W + GAP_X) - GAP_X + (LABEL_ROOM if edges else 0)
+    height = 20 + (max(depth.values()) + 1) * (NODE_H + GAP_Y) - GAP_Y
     return Tree(tuple(nodes), tuple(edges), width, height, more)
 
 
