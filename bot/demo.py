@@ -1,12 +1,15 @@
-"""`refinery demo`: the full loop offline, in well under a minute on 2 CPU cores.
+"""`refinery demo`: the whole loop offline, in about a minute on 2 CPU cores.
 
 Builds a tiny random-weight Stable Diffusion checkpoint, starts the bundled loopback Discord server,
-connects the real bot to it, plays a short scripted session, and prints what happened and where the
-files are. The pictures are noise (random weights); everything else is the real code path.
+connects the real bot to it and plays a session — a slash command, a prompt in a channel, votes (one
+in another emoji spelling) and a retraction, a reply that refines the winner, a 🔁 button — printing
+each step's result as the bot gave it. It ends with the commands that inspect what it wrote. The
+pictures are noise (random weights); everything else is the real code path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import time
@@ -17,6 +20,8 @@ from PIL import Image
 
 from bot.devserver import DiscordDevServer
 from bot.offline import offline_bot, offline_config
+
+JSON = dict[str, Any]
 
 
 def _say(text: str) -> None:
@@ -34,66 +39,99 @@ async def run_demo(out: Path) -> int:
     _say(f"· tiny random-weight Stable Diffusion checkpoint: {model_dir}")
     async with DiscordDevServer() as server:
         imagine = server.add_channel("imagine")
-        alice, bob = server.add_user("alice"), server.add_user("bob")
+        alice, bob, carol = server.add_user("alice"), server.add_user("bob"), server.add_user("carol")
         _say(f"· loopback Discord server on {server.base_url} (REST {server.api_base})")
         config = offline_config(server, model_dir, out / "data")
+        config_file = _write_config(out, model_dir)
         async with offline_bot(server, config) as app:
             _say(f"· bot connected as {app.bot.user} through the real discord.py client")
 
-            _say("\nalice: /imagine prompt:a red fox at dawn seed:42")
+            _say("\n1. alice: /imagine prompt:a red fox at dawn seed:42")
             interaction = await server.invoke_slash("imagine", {"prompt": "a red fox at dawn", "seed": 42},
                                                     user_id=alice, channel_id=imagine)
             await interaction.wait_for(lambda i: bool(i.original and len(i.original["attachments"]) == 4))
-            first = interaction.original
-            assert first is not None
-            _show_round(server, first)
+            assert interaction.original is not None
+            first = await _show_round(server, interaction.original)
 
-            _say("\nbob, in #imagine: a lighthouse in a storm steps=6 --no fog")
+            _say("\n2. bob, in #imagine: a lighthouse in a storm steps=6 --no fog")
             prompt = await server.send_message(imagine, bob, "a lighthouse in a storm steps=6 --no fog")
-            second = await server.wait_for_message(
-                lambda m: m.get("message_reference", {}).get("message_id") == prompt["id"]
-                and len(m["attachments"]) == 4)
-            _show_round(server, second)
+            second = await _show_round(server, await server.wait_for_message(
+                lambda m: _answers(m, prompt) and len(m["attachments"]) == 4))
 
-            _say("\nvotes: alice 2️⃣, bob 2️⃣ and 3️⃣, then bob takes 3️⃣ back; alice ❌ on the lighthouse")
-            first_id, second_id = int(first["id"]), int(second["id"])
-            await server.add_reaction(imagine, first_id, alice, "2️⃣")
-            await server.add_reaction(imagine, first_id, bob, "2️⃣")
-            await server.add_reaction(imagine, first_id, bob, "3️⃣")
+            _say("\n3. votes on the fox: alice 2️⃣, carol 2⃣ (the keycap without its variation selector, as some "
+                 "clients send it), bob 2️⃣ and 3️⃣, then bob takes 3️⃣ back; alice ❌ on the lighthouse")
+            first_id = int(first["id"])
+            for user, emoji in ((alice, "2️⃣"), (carol, "2\u20e3"), (bob, "2️⃣"), (bob, "3️⃣")):
+                await server.add_reaction(imagine, first_id, user, emoji)
             await server.remove_reaction(imagine, first_id, bob, "3️⃣")
-            await server.add_reaction(imagine, second_id, alice, "❌")
+            await server.add_reaction(imagine, int(second["id"]), alice, "❌")
             first_round = await app.service.round_for_message(first_id)
-            state = await _settled_votes(app, first_round.round_id, expected={2: {alice, bob}})
-            _say(f"  vote state of round {first_round.round_id}: "
-                 + ", ".join(f"#{k}: {len(v)} vote(s)" for k, v in sorted(state.items())))
+            state = await _settled_votes(app, first_round.round_id, expected={2: {alice, bob, carol}})
+            _say(f"   vote state of round {first_round.round_id}: "
+                 + ", ".join(f"#{k}: {len(v)} vote(s)" for k, v in sorted(state.items()) if v))
+
+            _say("\n4. bob replies to the fox: more vibrant, with a misty forest behind")
+            reply = await server.send_message(imagine, bob, "more vibrant, with a misty forest behind",
+                                              reply_to=first_id)
+            refined = await _show_round(server, await server.wait_for_message(
+                lambda m: _answers(m, reply) and len(m["attachments"]) == 4, timeout=60))
+            child = await app.service.round_for_message(int(refined["id"]))
+            _say(f"   round {child.round_id}: {child.mode} from #{child.parent_candidate} of {child.parent_round_id}")
+
+            _say(f"\n5. carol presses 🔁 (reroll) under the fox (custom id rf:reroll:{first_round.round_id})")
+            click = await server.click_button(first_id, f"rf:reroll:{first_round.round_id}", user_id=carol)
+            await click.wait_for(lambda i: bool(i.original and len(i.original["attachments"]) == 4), timeout=60)
+            assert click.original is not None
+            rerolled = await _show_round(server, click.original)
+            reroll = await app.service.round_for_message(int(rerolled["id"]))
+            _say(f"   round {reroll.round_id}: new seeds {list(reroll.seeds)} (the fox had {list(first_round.seeds)})")
 
             assert app.writer is not None
-            committed = app.writer.flush(timeout=60)
-            _say(f"\nOxen: {'committed' if committed else 'NOT committed (see below)'} "
-                 f"to {config.oxen_repo_path}")
+            committed = await asyncio.to_thread(app.writer.flush, 60)
+            _say(f"\nOxen: {'committed' if committed else 'NOT committed (see below)'} to {config.oxen_repo_path}")
         from storage.status import log_status
 
-        _say(log_status(config.journal_path, config.data_dir))
-    _say(f"\nImages: {config.data_dir / 'images'}   Journal: {config.journal_path}")
+        _say(log_status(config.journal_path, config.data_dir, interval_s=config.storage.commit_interval_s))
+    _say(f"\nThe demo wrote its data to {config.data_dir} (images, journal, Oxen repository). Inspect it with:")
+    _say(f"  refinery log status --config {config_file}")
+    _say(f"  REFINERY_EXPORT_KEY=any-long-secret refinery export --config {config_file}")
     _say(f"Done in {time.monotonic() - started:.1f} s.")
     return 0 if committed else 1
 
 
-def _show_round(server: DiscordDevServer, message: dict[str, Any]) -> None:
+def _write_config(out: Path, model_dir: Path) -> Path:
+    """A config for `log status` and `export` on the demo's data (relative data_dir: next to this file)."""
+    path = out / "config.toml"
+    path.write_text(f'# written by `refinery demo`\n[model]\nid = "{model_dir}"\nlocal_files_only = true\n\n'
+                    '[storage]\ndata_dir = "data"\n', encoding="utf-8")
+    return path
+
+
+def _answers(message: JSON, to: JSON) -> bool:
+    return message.get("message_reference", {}).get("message_id") == to["id"]
+
+
+async def _show_round(server: DiscordDevServer, message: JSON, timeout: float = 30) -> JSON:
+    """Print a round as Discord shows it, once the bot has also put its vote emoji under it."""
+    mid = str(message["id"])
+    await server.wait_for_request(lambda r: r.method == "PUT" and mid in r.path and "4️⃣" in r.path, timeout)
+    message = server.messages[int(mid)]  # as it is now (the acknowledgement became the round)
     sizes = []
     for attachment in message["attachments"]:
         image = Image.open(io.BytesIO(server.attachment_bytes(attachment["url"])))
         sizes.append(f"{attachment['filename']} {image.width}×{image.height}")
-    _say("refinery:\n  " + message["content"].replace("\n", "\n  "))
-    _say("  attachments: " + ", ".join(sizes))
-    _say(f"  reactions added by the bot: {' '.join(server.reactions(int(message['id'])))}")
+    buttons = [c.get("label") or c.get("emoji", {}).get("name", "?")
+               for row in message.get("components") or [] for c in row.get("components") or []]
+    _say("   refinery:\n     " + message["content"].replace("\n", "\n     "))
+    _say("   attachments: " + ", ".join(sizes))
+    _say(f"   reactions added by the bot: {' '.join(server.reactions(int(mid)))}")
+    _say(f"   buttons: {' '.join(buttons)}")
+    return message
 
 
 async def _settled_votes(app: Any, round_id: str, expected: dict[int, set[int]], timeout: float = 10
                          ) -> dict[int, set[int]]:
     """Reaction events are handled asynchronously; wait until the journal shows them."""
-    import asyncio
-
     deadline = time.monotonic() + timeout
     while True:
         state = await app.journal.vote_state(round_id)
