@@ -193,10 +193,11 @@ class _ProgressBar:
 # -- the Oxen writer: the only process that may open the log's repository ------------------------------
 def _writer_once(config: Config, timeout_s: float) -> None:
     from bot.app import writer_settings
+    from storage.child_env import child_environment
 
     argv = replace(writer_settings(config), once=True, remote=None).to_argv()
     subprocess.run([sys.executable, "-m", "storage.oxen_writer", *argv], capture_output=True, timeout=timeout_s,
-                   check=False, cwd=Path(__file__).resolve().parents[1])
+                   check=False, cwd=Path(__file__).resolve().parents[1], env=child_environment())
 
 
 def sync_journal(config: Config, seq: int, timeout_s: float = 120.0) -> str | None:
