@@ -51,7 +51,6 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--claim-after", type=float, default=60.0,
                         help="take over a job whose worker has been silent this many seconds (default: 60)")
     worker.add_argument("--name", default=None, help="this worker's name in Redis (default: host-pid)")
-    worker.add_argument("--test-step-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: slow steps
 
     export = commands.add_parser(
         "export", help="write a dataset export from the journal (for moderators outside Discord)",
@@ -154,7 +153,7 @@ def _worker(args: argparse.Namespace, config: Config) -> int:
     # Warm up (compile) for the batches this worker will really run: --batch-size, not [queue]'s.
     settings = replace(settings, acceleration=replace(settings.acceleration, warmup_batch=args.batch_size))
     return serve(DiffusersGenerator(settings), url, prefix=args.prefix, name=args.name,
-                 batch_size=args.batch_size, claim_after_s=args.claim_after, step_delay_s=args.test_step_delay)
+                 batch_size=args.batch_size, claim_after_s=args.claim_after)
 
 
 def _export(args: argparse.Namespace, config: Config, secrets: Secrets) -> int:

@@ -55,7 +55,7 @@ class RedisWorker:
 
     def __init__(self, generator: Generator, client: redis.Redis, *, prefix: str = "refinery",
                  name: str | None = None, batch_size: int = 1, claim_after_s: float = 60.0,
-                 result_ttl_s: float = 86400.0, max_attempts: int = 3, step_delay_s: float = 0.0) -> None:
+                 result_ttl_s: float = 86400.0, max_attempts: int = 3) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if claim_after_s <= 0:
@@ -67,7 +67,6 @@ class RedisWorker:
         self.claim_after_s = claim_after_s
         self.result_ttl_s = result_ttl_s
         self.max_attempts = max_attempts
-        self.step_delay_s = step_delay_s
         self._redis = client
         self._take = client.register_script(redis_scripts.TAKE)
         self._adopt = client.register_script(redis_scripts.ADOPT)
@@ -228,8 +227,6 @@ class RedisWorker:
         job_keys = [self.key("job", t.job_id) for t in group]
 
         def progress(step: int, total: int) -> None:
-            if self.step_delay_s:
-                time.sleep(self.step_delay_s)  # test hook: makes tiny-model jobs slow enough to kill mid-run
             pipe = self._redis.pipeline(transaction=False)
             for job_key in job_keys:
                 pipe.hget(job_key, "cancel")
@@ -275,7 +272,7 @@ class RedisWorker:
 
 
 def serve(generator: Generator, url: str, *, prefix: str = "refinery", name: str | None = None,
-          batch_size: int = 1, claim_after_s: float = 60.0, step_delay_s: float = 0.0) -> int:
+          batch_size: int = 1, claim_after_s: float = 60.0) -> int:
     """The `refinery worker` process: load the model, then serve until SIGINT/SIGTERM (which let the
     current job finish; a killed worker's jobs are taken over by the others after claim_after_s)."""
     client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5)
@@ -287,7 +284,7 @@ def serve(generator: Generator, url: str, *, prefix: str = "refinery", name: str
     generator.load()
     generator.warm_up()  # compiles before the first job is taken
     worker = RedisWorker(generator, client, prefix=prefix, name=name, batch_size=batch_size,
-                         claim_after_s=claim_after_s, step_delay_s=step_delay_s)
+                         claim_after_s=claim_after_s)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

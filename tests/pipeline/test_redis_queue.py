@@ -29,6 +29,7 @@ from pipeline.queue import LocalQueue
 from pipeline.redis_queue import RedisQueue, estimate_eta
 from pipeline.redis_worker import RedisWorker
 from pipeline.requests import GenerationCancelled, GenerationRequest, GenerationResult, ProgressCallback
+from tests.slow_generator import SlowGenerator
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +235,7 @@ async def test_cancel_running_job_pipeline_stays_usable(queues: Any, worker: Any
     """A running tiny-model job stops at its next step; the same worker then runs the next job."""
     queue = await queues()
     stop = threading.Event()
-    thread = threading.Thread(target=worker(bare_generator, step_delay_s=0.05).run, args=(stop,))
+    thread = threading.Thread(target=worker(SlowGenerator(bare_generator, 0.05)).run, args=(stop,))
     thread.start()
     try:
         job = await queue.submit(request("long", steps=40), user_id=1)
@@ -346,8 +347,8 @@ async def test_two_worker_processes_one_killed_mid_job(queues: Any, redis_client
                       'scheduler = "ddim"\ncpu_threads = 1\n')
     logs = {name: tmp_path / f"{name}.log" for name in ("w1", "w2")}
     procs = {name: subprocess.Popen(
-        [sys.executable, "-m", "bot", "worker", "--redis", REDIS_URL, "--config", str(config), "--prefix", prefix,
-         "--claim-after", "2", "--name", name, "--test-step-delay", "0.1"],
+        [sys.executable, "-m", "tests.slow_generator", "--delay", "0.1", "--redis", REDIS_URL, "--config",
+         str(config), "--prefix", prefix, "--claim-after", "2", "--name", name],
         cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=path.open("w"), stderr=subprocess.STDOUT)
         for name, path in logs.items()}
     try:
