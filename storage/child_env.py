@@ -18,7 +18,6 @@ ALLOWED = frozenset({
     "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "RUST_LOG", "RUST_BACKTRACE",
     "OXEN_AUTH_TOKEN",  # the writer pushes to `storage.oxen_remote` with it
     "OXEN_CONFIG_DIR",  # the commit identity
-    "REFINERY_WRITER_PAUSE_AT",  # the crash tests' pause hook (storage.oxen_writer.PAUSE_ENV)
 })
 ALLOWED_PREFIXES = ("LC_", "PYTHON", "COVERAGE_")
 

@@ -67,7 +67,6 @@ from storage.writer_settings import (
 
 log = logging.getLogger("refinery.oxen_writer")
 
-PAUSE_ENV = "REFINERY_WRITER_PAUSE_AT"  # test hook: after_write | after_add | after_commit
 _RANGE = re.compile(r"^refinery: .*\(events (\d+)-(\d+)\)$")  # a commit's first line
 _JOURNAL_LINE = re.compile(r"^journal ([0-9a-f]+)$", re.MULTILINE)
 _SHARD = re.compile(r"^(\d{12})-(\d{12})\.parquet$")
@@ -78,12 +77,9 @@ class WriterConfigError(Exception):
     """The journal and the repository do not belong together; restarting will not help."""
 
 
-def _pause_point(name: str, data_dir: Path) -> None:
-    """Test hook: stop for good at `name` so a test can SIGKILL the writer at a known point."""
-    if os.environ.get(PAUSE_ENV) == name:
-        (data_dir / f"writer-paused-{name}").write_text(str(os.getpid()))
-        while True:
-            time.sleep(3600)
+def reached(point: str, data_dir: Path) -> None:
+    """A named step of a group commit ("after_write", "after_add", "after_commit"). Does nothing here;
+    the crash tests run the writer with this replaced (tests/paused_writer.py) to SIGKILL it exactly there."""
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -186,14 +182,14 @@ class OxenWriter:
         for event in by_kind.get(Round.kind, []):
             assert isinstance(event.record, Round)
             paths += self._copy_files(event.record)
-        _pause_point("after_write", self.settings.data_dir)
+        reached("after_write", self.settings.data_dir)
         for path in paths:  # exactly these files: leftovers elsewhere must never ride along
             self.repo.add(path)
-        _pause_point("after_add", self.settings.data_dir)
+        reached("after_add", self.settings.data_dir)
         counts = {k: len(v) for k, v in by_kind.items()}
         message = commit_message(first, last, counts, self.journal.journal_id)
         commit_id = self.repo.commit(message)
-        _pause_point("after_commit", self.settings.data_dir)
+        reached("after_commit", self.settings.data_dir)
         self.journal.mark_synced(last, commit_id)
         self.hwm = last
         seconds = time.monotonic() - started

@@ -113,10 +113,12 @@ def writer_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def writer_cmd(settings: WriterSettings) -> Callable[..., list[str]]:
-    def cmd(*extra: str, batch: int | None = None) -> list[str]:
+    def cmd(*extra: str, batch: int | None = None, pause_at: str | None = None) -> list[str]:
         argv = settings.to_argv()
         if batch is not None:
             argv[argv.index("--batch") + 1] = str(batch)
+        if pause_at is not None:  # the real writer, stopping for good at that step (tests/paused_writer.py)
+            return [sys.executable, "-m", "tests.paused_writer", pause_at, *argv, *extra]
         return [sys.executable, "-m", "storage.oxen_writer", *argv, *extra]
 
     return cmd
@@ -138,8 +140,10 @@ def spawn_writer(writer_cmd: Callable[..., list[str]]) -> Iterator[Callable[...,
     """Start `python -m storage.oxen_writer ...` without waiting; every one is killed at teardown."""
     started: list[subprocess.Popen[str]] = []
 
-    def spawn(*extra: str, batch: int | None = None, **env: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(writer_cmd(*extra, batch=batch), cwd=ROOT, env=writer_env(**env), text=True,
+    def spawn(*extra: str, batch: int | None = None, pause_at: str | None = None, **env: str
+              ) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(writer_cmd(*extra, batch=batch, pause_at=pause_at), cwd=ROOT, env=writer_env(**env),
+                                text=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         started.append(proc)
         return proc

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from storage.journal import Journal
-from storage.oxen_writer import PAUSE_ENV
 from storage.writer_settings import EXIT_CONFIG, EXIT_OK, EXIT_RETRY, WriterSettings
 
 _RANGE = re.compile(r"\(events (\d+)-(\d+)\)")
@@ -51,7 +50,7 @@ def _fill(journal: Journal, make_round, make_vote, rounds: int, votes_per_round:
 
 
 def _kill_at(point: str, spawn_writer, data_dir: Path, wait_for, batch: int) -> None:
-    proc = spawn_writer("--once", batch=batch, **{PAUSE_ENV: point})
+    proc = spawn_writer("--once", batch=batch, pause_at=point)
     marker = data_dir / f"writer-paused-{point}"
     wait_for(marker.exists, what=f"the writer to reach {point}")
     proc.kill()  # SIGKILL: no cleanup of any kind
