@@ -229,9 +229,24 @@ async def test_pages_moderation_and_exports(world: World, start_bot, monkeypatch
         assert not any("/.oxen/" in name for name in archive.namelist())
         status, _, _ = await get(f"{base}/exports/..%2Fjournal.zip", cookies=cookies)
         assert status == 404
-        for page_path in ("/activity", "/status", "/adapters"):
+        for page_path in ("/activity", "/status"):
             status, page, _ = await get(base + page_path, cookies=cookies)
             assert status == 200, (page_path, page[-2000:])
+        adapter = app.config.models_path / "redder"
+        adapter.mkdir(parents=True)
+        (adapter / "pytorch_lora_weights.safetensors").write_bytes(b"not really weights")
+        (adapter / "training.json").write_text('{"method": "dpo", "steps_done": 24, "held_out_accuracy": 0.75}')
+        status, page, _ = await get(f"{base}/adapters", cookies=cookies)
+        assert status == 200 and "<td>redder</td><td>dpo</td><td>24</td>" in page and "0.75" in page
+        assert "No arena round yet" in page
+
+
+async def test_dashboard_turned_off(world: World, start_bot) -> None:
+    """With [dashboard] enabled = false nothing listens and /dashboard says the dashboard is off."""
+    async with start_bot({"dashboard": {"enabled": False}}) as app:
+        assert app.dashboard is None
+        answer = await slash(world, "dashboard", {}, world.server.owner_id)
+        assert "turned off" in answer.responses[0]["data"]["content"]
 
 
 async def _has_child(app: Any, parent: str) -> bool:
