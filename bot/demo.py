@@ -2,9 +2,11 @@
 
 Builds a tiny random-weight Stable Diffusion checkpoint, starts the bundled loopback Discord server,
 connects the real bot to it and plays a session — a slash command, a prompt in a channel, votes (one
-in another emoji spelling) and a retraction, a reply that refines the winner, a 🔁 button — printing
-each step's result as the bot gave it. It ends with the commands that inspect what it wrote. The
-pictures are noise (random weights); everything else is the real code path.
+in another emoji spelling) and a retraction, a reply that refines the winner, a 🔁 button — and then
+closes the loop: a moderator trains an adapter on those votes (`refinery train`, beside the running
+bot), puts it in use (`/model use`), and runs a blinded arena round whose votes `/arena results`
+counts. Each step's result is printed as the bot gave it; it ends with the commands that inspect what
+it wrote. The pictures are noise (random weights); everything else is the real code path.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from bot.devserver import DiscordDevServer
+from bot.devserver import MANAGE_GUILD, DiscordDevServer
 from bot.offline import offline_bot, offline_config
 
 JSON = dict[str, Any]
@@ -40,6 +44,7 @@ async def run_demo(out: Path) -> int:
     async with DiscordDevServer() as server:
         imagine = server.add_channel("imagine")
         alice, bob, carol = server.add_user("alice"), server.add_user("bob"), server.add_user("carol")
+        mod = server.add_user("mod", permissions=MANAGE_GUILD)  # Manage Server: a moderator
         _say(f"· loopback Discord server on {server.base_url} (REST {server.api_base})")
         config = offline_config(server, model_dir, out / "data")
         config_file = _write_config(out, model_dir)
@@ -86,6 +91,8 @@ async def run_demo(out: Path) -> int:
             reroll = await app.service.round_for_message(int(rerolled["id"]))
             _say(f"   round {reroll.round_id}: new seeds {list(reroll.seeds)} (the fox had {list(first_round.seeds)})")
 
+            await _close_the_loop(server, app, config_file, imagine, {"alice": alice, "bob": bob, "mod": mod})
+
             assert app.writer is not None
             committed = await asyncio.to_thread(app.writer.flush, 60)
             _say(f"\nOxen: {'committed' if committed else 'NOT committed (see below)'} to {config.oxen_repo_path}")
@@ -97,6 +104,62 @@ async def run_demo(out: Path) -> int:
     _say(f"  REFINERY_EXPORT_KEY=any-long-secret refinery export --config {config_file}")
     _say(f"Done in {time.monotonic() - started:.1f} s.")
     return 0 if committed else 1
+
+
+async def _close_the_loop(server: DiscordDevServer, app: Any, config_file: Path, imagine: int,
+                          users: dict[str, int]) -> None:
+    """Train on the votes so far, serve the adapter, and judge it blind in an arena round."""
+    alice, bob, mod = users["alice"], users["bob"], users["mod"]
+    _say("\n6. a moderator trains an adapter on the votes, beside the running bot (whose Oxen writer commits it):")
+    command = ["refinery", "train", "--config", str(config_file), "--name", "demo-taste", "--steps", "4",
+               "--resolution", "64", "--batch", "2", "--rank", "4", "--lr", "1e-3", "--min-examples", "1",
+               "--held-out", "0", "--threads", "1", "--device", "cpu"]
+    _say("   $ " + " ".join(command))
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bot", *command[1:]], capture_output=True,
+                                   text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    for line in done.stdout.strip().splitlines():
+        _say("   " + line)
+    if done.returncode != 0:
+        raise RuntimeError(f"refinery train failed: {done.stderr.strip().splitlines()[-1:]}")
+
+    _say("\n7. the moderator: /model use name:demo-taste — then alice asks for the fox again (same seed)")
+    used = await _command(server, "model use", {"name": "demo-taste"}, mod, imagine)
+    _say("   refinery (only to the moderator): " + used)
+    interaction = await server.invoke_slash("imagine", {"prompt": "a red fox at dawn", "seed": 42},
+                                            user_id=alice, channel_id=imagine)
+    await interaction.wait_for(lambda i: bool(i.original and len(i.original["attachments"]) == 4))
+    assert interaction.original is not None
+    adapted = await app.service.round_for_message(int((await _show_round(server, interaction.original))["id"]))
+    _say(f"   round {adapted.round_id} records adapter {adapted.adapter}")
+    await _command(server, "model off", {}, mod, imagine)
+
+    _say("\n8. the moderator: /arena start name:demo-taste fraction:1 — alice's next prompt is a blind A/B round")
+    _say("   refinery (only to the moderator): "
+         + await _command(server, "arena start", {"name": "demo-taste", "fraction": 1.0}, mod, imagine))
+    interaction = await server.invoke_slash("imagine", {"prompt": "a red fox at dawn", "seed": 7},
+                                            user_id=alice, channel_id=imagine)
+    await interaction.wait_for(lambda i: bool(i.original and len(i.original["attachments"]) == 4))
+    assert interaction.original is not None
+    message = await _show_round(server, interaction.original)
+    arena = await app.service.round_for_message(int(message["id"]))
+    adapter_ks = [k for k, arm in enumerate(arena.arms or "", start=1) if arm == "a"]
+    _say(f"   (hidden from everyone: positions {adapter_ks} are the adapter's; the round logs arms={arena.arms!r})")
+    for user in (alice, bob):  # both happen to prefer the adapter's first image
+        await server.add_reaction(imagine, int(message["id"]), user, ["1️⃣", "2️⃣", "3️⃣", "4️⃣"][adapter_ks[0] - 1])
+    await _settled_votes(app, arena.round_id, expected={adapter_ks[0]: {alice, bob}})
+    _say("   alice and bob vote; anyone: /arena results")
+    _say("   refinery:\n     " + (await _command(server, "arena results", {}, alice, imagine)).replace("\n", "\n     "))
+    await _command(server, "arena stop", {}, mod, imagine)
+
+
+async def _command(server: DiscordDevServer, name: str, options: dict[str, Any], user: int, channel: int) -> str:
+    """Run a slash command and return the text of its answer (a reply or a deferred follow-up)."""
+    interaction = await server.invoke_slash(name, options, user_id=user, channel_id=channel)
+    await interaction.wait_for(lambda i: bool(i.original and i.original.get("content"))
+                               or any(r.get("type") == 4 for r in i.responses))
+    if interaction.original and interaction.original.get("content"):
+        return str(interaction.original["content"])
+    return str(next(r for r in interaction.responses if r.get("type") == 4)["data"]["content"])
 
 
 def _write_config(out: Path, model_dir: Path) -> Path:

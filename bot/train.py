@@ -106,8 +106,9 @@ def run_train(args: argparse.Namespace, config: Config, *, stop: threading.Event
                     f"left out: {left}")
     if args.method == "kto" and len({e.desirable for e in data.train}) < 2:  # type: ignore[union-attr]
         return fail("kto needs both liked and disliked images among the training examples")
-    print(f"training {args.method} on {len(data.train)} {unit} ({len(data.held_out)} held out) from "
-          f"{data.rounds_used} rounds, the log through event {data.journal_seq}; left out: {left}")
+    rounds = f"{data.rounds_used} round" + ("" if data.rounds_used == 1 else "s")
+    print(f"training {args.method} on {len(data.train)} {unit} ({len(data.held_out)} held out) from {rounds}, "
+          f"the log through event {data.journal_seq}; left out: {left}")
     data_commit = sync_journal(config, data.journal_seq)
 
     from pipeline.training import InsufficientMemory, train

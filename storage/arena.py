@@ -50,8 +50,12 @@ class ArenaReport:
             return [f"**{self.adapter}**: {self.rounds} arena round(s), no decisive comparison yet."]
         low, high = r.interval() or (0.0, 0.0)
         observed, at_55 = self.needed
-        more = (f"about {max(0, observed - r.comparisons)} more decisive comparisons to detect a true "
-                f"{r.rate:.1%}" if observed is not None else "no effect observed")
+        if observed is not None:
+            more = f"about {max(0, observed - r.comparisons)} more decisive comparisons to detect a true {r.rate:.1%}"
+        elif r.rate == 0.5:
+            more = "no effect observed"
+        else:  # every comparison went one way: no rate short of certainty to size a test for
+            more = "too few comparisons to size the effect (all went one way)"
         positions = " · ".join(f"#{k}: {w.rate:.0%} of {w.comparisons}" for k, w in sorted(self.by_position.items())
                                if w.rate is not None)
         return [f"**{self.adapter}**: adapter won {r.wins} of {r.comparisons} decisive comparisons "

@@ -95,7 +95,7 @@ def select_examples(journal: Journal, data_dir: Path, filters: ExportFilters, me
             examples += [PreferencePair(rnd.prompt, paths[w - 1], paths[lose - 1], rnd.round_id, nw - nl)
                          for w, lose, nw, nl in decided_pairs(voters, len(paths))]
             if len(examples) == before:
-                selection.left_out["only ties"] += 1
+                selection.left_out["no decided pair (ties, or only ❌)"] += 1
         else:
             net = Selection.net_votes(voters, len(paths))
             examples += [FeedbackImage(rnd.prompt, path, votes > 0, rnd.round_id, votes)

@@ -37,26 +37,30 @@ def test_bad_config_names_the_key(tmp_path: Path) -> None:
 
 def test_demo_runs_the_whole_loop_offline(tmp_path: Path) -> None:
     """`refinery demo` builds the tiny model, plays a session — prompt, votes (one in the bare keycap
-    spelling), a reply that refines, a 🔁 button — prints each result, commits it to Oxen, and ends with
-    commands that inspect what it wrote; those commands work as printed."""
+    spelling), a reply that refines, a 🔁 button — then closes the loop (train on the votes, /model use,
+    an arena round and its results), prints each result, commits it to Oxen, and ends with commands that
+    inspect what it wrote; those commands work as printed."""
     done = refinery("demo", "--out", str(tmp_path / "demo"), env={"HF_HUB_OFFLINE": "1"}, timeout=180)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
-    assert out.count("attachments: ") == 4 and "64×64" in out
-    assert out.count("reactions added by the bot: 1️⃣ 2️⃣ 3️⃣ 4️⃣") == 4
-    assert out.count("buttons: 🔁 V1 V2 V3 V4 U1 U2 U3 U4") == 4
+    assert out.count("attachments: ") == 6 and "64×64" in out
+    assert out.count("reactions added by the bot: 1️⃣ 2️⃣ 3️⃣ 4️⃣") == 6
+    assert out.count("buttons: 🔁 V1 V2 V3 V4 U1 U2 U3 U4") == 6
+    assert "training dpo on 3 preference pairs" in out and "oxen: branch models/demo-taste, commit " in out
+    assert "records adapter demo-taste@sha256:" in out
+    assert "adapter won 4 of 4 decisive comparisons" in out
     assert "#2: 3 vote(s)" in out
     assert "refining #2 (your vote) by conditioning" in out and ": img2img from #2 of " in out
     assert "rerolling with new seeds" in out
     assert "Oxen: committed" in out and "0 not yet in Oxen" in out
-    assert len(list((tmp_path / "demo" / "data" / "images").rglob("*.png"))) == 16
+    assert len(list((tmp_path / "demo" / "data" / "images").rglob("*.png"))) == 24
     config = tmp_path / "demo" / "config.toml"
     lines = out.splitlines()
     assert f"The demo wrote its data to {tmp_path / 'demo' / 'data'}" in out
     assert f"  refinery log status --config {config}" in lines
     assert f"  REFINERY_EXPORT_KEY=any-long-secret refinery export --config {config}" in lines
     status = refinery("log", "status", "--config", str(config))
-    assert status.returncode == 0 and "16 total, 0 not yet in Oxen" in status.stdout, status.stderr
+    assert status.returncode == 0 and "26 total, 0 not yet in Oxen" in status.stdout, status.stderr
     export = refinery("export", "--config", str(config), "--no-oxen", env={"REFINERY_EXPORT_KEY": "any-long-secret"})
     assert export.returncode == 0 and "2 edits" in export.stdout, export.stderr[-2000:]
 
