@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     add_log_level(parser)  # last: on every sub-command too, before or after its name
 
     args = parse(parser, argv)
+    # No tqdm monitor thread: a daemon thread still alive while the interpreter finalises (with torch's
+    # native libraries loaded) can crash the exit of a command that has done its work.
+    import tqdm
+
+    tqdm.tqdm.monitor_interval = 0
     secrets = Secrets.from_env()
     setup_logging(args.log_level, [secrets.discord_token, secrets.oxen_auth_token, secrets.export_key])
     try:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import random
@@ -30,6 +29,7 @@ from typing import Any
 from bot.config import Config
 from bot.errors import InvalidInput
 from bot.permissions import Action, Member
+from pipeline.adapters import LORA_FILE, file_sha256
 from pipeline.requests import AdapterRef, GenerationRequest, Mode
 from storage.arena import ArenaReport, arena_report
 from storage.async_journal import EventLog
@@ -39,7 +39,6 @@ from storage.records import ModerationAction, new_id
 
 log = logging.getLogger(__name__)
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 ARENA_SOURCES = ("slash", "message")  # fresh prompts; refinements and buttons keep their parent's model
 _ACTIONS = ("model_use", "model_off", "arena_start", "arena_stop")
 
@@ -71,14 +70,6 @@ class ArenaResults:
     hidden: int = 0  # arena rounds younger than [arena] reveal_after_s
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_adapter(models_dir: Path, name: str) -> AdapterInfo:
     """The adapter `name` under `models_dir` (InvalidInput naming what is missing)."""
     folder = Path(models_dir) / name
@@ -88,7 +79,7 @@ def read_adapter(models_dir: Path, name: str) -> AdapterInfo:
     meta: dict[str, Any] = {}
     with contextlib.suppress(OSError, ValueError):  # an adapter made elsewhere: usable, nothing to tell
         meta = json.loads((folder / "training.json").read_text())
-    return AdapterInfo(name, _sha256(folder / LORA_FILE), meta.get("method"), meta.get("steps_done"),
+    return AdapterInfo(name, file_sha256(folder / LORA_FILE), meta.get("method"), meta.get("steps_done"),
                        (meta.get("data") or {}).get("train_examples"), meta.get("held_out_accuracy"),
                        meta.get("held_out_accuracy_start"), meta.get("created_at"))
 

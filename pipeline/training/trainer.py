@@ -27,6 +27,7 @@ from diffusers.utils import logging as diffusers_logging
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
+from pipeline.adapters import LORA_FILE  # the file diffusers' save_lora_weights writes, which the bot serves
 from pipeline.training.data import EncodedExamples, Example, encode_examples, sample_indices
 from pipeline.training.losses import dpo_logits, dpo_loss, kto_loss, per_sample_error
 from pipeline.training.memory import check_free_memory
@@ -35,7 +36,6 @@ from pipeline.training.settings import TrainSettings
 log = logging.getLogger(__name__)
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-LORA_FILE = "pytorch_lora_weights.safetensors"
 _EVAL_SEED = 0x5EED  # added to settings.seed: held-out draws differ from the first training draws
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -19,15 +17,6 @@ from tests.oxen_reader import committed_tree
 
 ANN, BEN = 311111111111111111, 322222222222222222
 JAN_2 = 1_767_312_000.0  # 2026-01-02 00:00 UTC
-
-
-@pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
-    """main() installs its own root handler; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 def png(colour: tuple[int, int, int]) -> bytes:

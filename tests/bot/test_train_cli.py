@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,15 +21,6 @@ from tests.oxen_reader import committed_rows
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--resolution", "64", "--batch", "4", "--rank", "4", "--lr", "3e-3", "--threads", "1",
         "--min-examples", "8", "--held-out", "0.25"]
-
-
-@pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
-    """main() installs its own root handler; put pytest's back afterwards."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 @pytest.fixture

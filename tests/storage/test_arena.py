@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,14 +12,6 @@ from storage.journal import Journal
 from tests.storage.export_log import ANN, BEN, CAT, DAN, T0, add_round, moderate, vote
 
 ADAPTER = "red@sha256:0123456789ab"
-
-
-@pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:], root.level = handlers, level
 
 
 def arena_log(journal: Journal, data_dir: Path) -> dict[str, str]:
