@@ -29,7 +29,7 @@ from bot.errors import (
     Refused,
     user_message,
 )
-from bot.moderation import ExportSummary, Moderation
+from bot.moderation import Moderation
 from bot.options import PromptInput, build_request
 from bot.permissions import Action, Member, allowed, is_moderator
 from bot.ratelimit import EventRateLimit
@@ -431,45 +431,6 @@ class RefineryService:
     def require(self, action: Action, member: Member) -> None:
         """Raise NotAllowed unless `member` may do `action` (see bot/permissions.py)."""
         self.moderation.require(action, member)
-
-    async def export(self, *, member: Member, formats: str | None, since: str | None, until: str | None,
-                     channel_id: int | None, min_votes: int | None, include_flagged: bool, name: str | None,
-                     include_edit_rounds: bool = False) -> ExportSummary:
-        """Moderators: build a dataset export from the journal, committed as its own Oxen repository."""
-        return await self.moderation.export(member=member, formats=formats, since=since, until=until,
-                                            channel_id=channel_id, min_votes=min_votes,
-                                            include_flagged=include_flagged, name=name,
-                                            include_edit_rounds=include_edit_rounds)
-
-    async def flag(self, member: Member, round_ref: str, *, flagged: bool = True) -> Round:
-        """Moderators: flag (or unflag) a round, by round id or message id; exports leave it out."""
-        return await self.moderation.set_flag(member, round_ref, flagged=flagged, reason="/flag" if flagged
-                                              else "/unflag")
-
-    async def flag_by_reaction(self, member: Member, message_id: int, emoji: str) -> str | None:
-        """A moderator's flag emoji on a round flags it (the round id); others are ignored (None)."""
-        return await self.moderation.flag_by_reaction(member, message_id, emoji)
-
-    async def forget_me(self, user_id: int) -> None:
-        """Anyone: leave me out of every later export."""
-        await self.moderation.forget_me(user_id)
-
-    async def remove(self, member: Member, round_ref: str, *, reason: str) -> tuple[Round, int | None]:
-        """Moderators: journal a round's removal; (the round, the message to delete) for the cog."""
-        return await self.moderation.remove(member, round_ref, reason)
-
-    async def remove_by_reaction(self, member: Member, message_id: int, emoji: str) -> Round | None:
-        """A moderator's remove emoji on a round removes it; anything else is ignored (None)."""
-        return await self.moderation.remove_by_reaction(member, message_id, emoji)
-
-    async def change_banned(self, member: Member, phrase: str, *, add: bool) -> bool:
-        return await self.moderation.change_banned(member, phrase, add=add)
-
-    async def banned_list(self, member: Member) -> tuple[str, ...]:
-        return await self.moderation.banned_list(member)
-
-    async def modlog(self, member: Member) -> list[ModerationAction]:
-        return await self.moderation.modlog(member)
 
     # --- errors --------------------------------------------------------------------------------
 

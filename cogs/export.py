@@ -1,4 +1,4 @@
-"""Moderation and datasets: `/export`, `/flag`, `/unflag`, the flag emoji, and `/forget-me`.
+"""Datasets: `/export`, and `/forget-me` (a user leaving every later export).
 
 Receives discord.py events and defers every decision to `bot.service` (who may do what is decided
 in `bot.permissions`); this file turns a Discord member into a `Member`, calls the service, and
@@ -62,7 +62,7 @@ class Export(commands.Cog):
         member = member_of(interaction.user, interaction.permissions)
         self.service.require(Action.EXPORT, member)  # NotAllowed → the tree's handler, ephemeral, nothing written
         await interaction.response.defer(ephemeral=True, thinking=True)
-        summary = await self.service.export(
+        summary = await self.service.moderation.export(
             member=member, formats=formats, since=since, until=until,
             channel_id=channel.id if channel is not None else None, min_votes=min_votes,
             include_flagged=include_flagged, name=name, include_edit_rounds=include_edit_rounds)
@@ -71,26 +71,9 @@ class Export(commands.Cog):
             files.append(discord.File(io.BytesIO(summary.archive), filename=f"{summary.name}.zip"))
         await interaction.followup.send(export_text(summary), files=files, ephemeral=True)
 
-    @app_commands.command(name="flag", description="Moderators: flag a round so exports leave it out")
-    @app_commands.describe(round="The round id (shown under the round) or its message id")
-    async def flag(self, interaction: discord.Interaction, round: str) -> None:  # shadows a builtin: the option's name
-        await self._set_flag(interaction, round, flagged=True)
-
-    @app_commands.command(name="unflag", description="Moderators: take a round's flag back")
-    @app_commands.describe(round="The round id (shown under the round) or its message id")
-    async def unflag(self, interaction: discord.Interaction, round: str) -> None:
-        await self._set_flag(interaction, round, flagged=False)
-
-    async def _set_flag(self, interaction: discord.Interaction, round_ref: str, *, flagged: bool) -> None:
-        member = member_of(interaction.user, interaction.permissions)
-        found = await self.service.flag(member, round_ref, flagged=flagged)
-        text = (f"🚩 Round `{found.round_id}` is flagged: exports leave it out (`/unflag` to undo)." if flagged
-                else f"Round `{found.round_id}` is no longer flagged.")
-        await interaction.response.send_message(text, ephemeral=True)
-
     @app_commands.command(name="forget-me", description="Leave me out of every dataset export from now on")
     async def forget_me(self, interaction: discord.Interaction) -> None:
-        await self.service.forget_me(interaction.user.id)
+        await self.service.moderation.forget_me(interaction.user.id)
         await interaction.response.send_message(
             "Done: every dataset export from now on leaves out your rounds and your votes. Exports made "
             "before now are not changed.", ephemeral=True)

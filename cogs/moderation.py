@@ -1,4 +1,4 @@
-"""Moderation: `/banned add|remove|list`, `/remove`, the remove emoji, and `/modlog`.
+"""Moderation: `/banned add|remove|list`, `/flag`, `/unflag`, `/remove`, the flag and remove emoji, and `/modlog`.
 
 Receives discord.py events and defers every decision to `bot.service` (who may do what is decided
 in `bot.permissions`); this file deletes the round's message and renders the answers. Moderator
@@ -54,15 +54,15 @@ class Moderation(commands.Cog):
         await self._change_banned(interaction, phrase, add=False)
 
     async def _change_banned(self, interaction: discord.Interaction, phrase: str, *, add: bool) -> None:
-        changed = await self.service.change_banned(member_of(interaction.user, interaction.permissions), phrase,
-                                                   add=add)
+        member = member_of(interaction.user, interaction.permissions)
+        changed = await self.service.moderation.change_banned(member, phrase, add=add)
         done, unchanged = (("Added to the banned phrases.", "That phrase is already banned.") if add
                            else ("Removed from the banned phrases.", "That phrase is not banned."))
         await interaction.response.send_message(done if changed else unchanged, ephemeral=True)
 
     @banned.command(name="list", description="Show the banned phrases")
     async def banned_list(self, interaction: discord.Interaction) -> None:
-        phrases = await self.service.banned_list(member_of(interaction.user, interaction.permissions))
+        phrases = await self.service.moderation.banned_list(member_of(interaction.user, interaction.permissions))
         text = "\n".join(f"• `{p}`" for p in phrases) or "No phrases are banned."
         await interaction.response.send_message(fit(text), ephemeral=True)
 
@@ -71,14 +71,32 @@ class Moderation(commands.Cog):
     async def remove(self, interaction: discord.Interaction, round: str) -> None:  # the option's name
         member = member_of(interaction.user, interaction.permissions)
         self.service.require(Action.REMOVE, member)  # NotAllowed → the tree's handler, ephemeral
-        found, message_id = await self.service.remove(member, round, reason="/remove")
+        found, message_id = await self.service.moderation.remove(member, round, reason="/remove")
         # Answer first (journaled already): the deletion is two more REST calls, not worth the 3 s limit.
         await interaction.response.send_message(f"🚫 Round `{found.round_id}` is removed.", ephemeral=True)
         await self._take_down(found, message_id, found.channel_id)
 
+    @app_commands.command(name="flag", description="Moderators: flag a round so exports leave it out")
+    @app_commands.describe(round="The round id (shown under the round) or its message id")
+    async def flag(self, interaction: discord.Interaction, round: str) -> None:  # shadows a builtin: the option's name
+        await self._set_flag(interaction, round, flagged=True)
+
+    @app_commands.command(name="unflag", description="Moderators: take a round's flag back")
+    @app_commands.describe(round="The round id (shown under the round) or its message id")
+    async def unflag(self, interaction: discord.Interaction, round: str) -> None:
+        await self._set_flag(interaction, round, flagged=False)
+
+    async def _set_flag(self, interaction: discord.Interaction, round_ref: str, *, flagged: bool) -> None:
+        member = member_of(interaction.user, interaction.permissions)
+        found = await self.service.moderation.set_flag(member, round_ref, flagged=flagged,
+                                                       reason="/flag" if flagged else "/unflag")
+        text = (f"🚩 Round `{found.round_id}` is flagged: exports leave it out (`/unflag` to undo)." if flagged
+                else f"Round `{found.round_id}` is no longer flagged.")
+        await interaction.response.send_message(text, ephemeral=True)
+
     @app_commands.command(name="modlog", description="Moderators: the last 20 moderation events")
     async def modlog(self, interaction: discord.Interaction) -> None:
-        events = await self.service.modlog(member_of(interaction.user, interaction.permissions))
+        events = await self.service.moderation.modlog(member_of(interaction.user, interaction.permissions))
         text = "\n".join(modlog_line(e) for e in events) or "No moderation events yet."
         await interaction.response.send_message(fit(text), ephemeral=True,
                                                 allowed_mentions=discord.AllowedMentions.none())
@@ -95,11 +113,11 @@ class Moderation(commands.Cog):
             return  # a DM reaction has no member: moderation is a guild affair
         member = member_of(payload.member)
         if emoji == settings.flag_emoji:
-            round_id = await self.service.flag_by_reaction(member, payload.message_id, emoji)
+            round_id = await self.service.moderation.flag_by_reaction(member, payload.message_id, emoji)
             if round_id is not None:
                 log.info("round %s flagged by reaction of user %s", round_id, payload.user_id)
             return
-        found = await self.service.remove_by_reaction(member, payload.message_id, emoji)
+        found = await self.service.moderation.remove_by_reaction(member, payload.message_id, emoji)
         if found is not None:
             await self._take_down(found, payload.message_id, payload.channel_id)
 

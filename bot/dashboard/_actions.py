@@ -63,7 +63,7 @@ async def remove(request: web.Request) -> web.Response:
     round_id = request.match_info["round_id"]
     reason = " ".join(_text(form, "reason").split())[:200]
     try:
-        found, message_id = await dash.service.remove(member_of(request), round_id,
+        found, message_id = await dash.service.moderation.remove(member_of(request), round_id,
                                                       reason=f"dashboard: {reason}".rstrip(": "))
     except RefineryError as error:
         return _failed(request, error)
@@ -82,7 +82,8 @@ async def round_action(request: web.Request) -> web.Response:
     try:
         if op == "remove":
             reason = " ".join(_text(form, "reason").split())[:200]
-            found, message_id = await dash.service.remove(member, ref, reason=f"dashboard: {reason}".rstrip(": "))
+            found, message_id = await dash.service.moderation.remove(member, ref,
+                                                                     reason=f"dashboard: {reason}".rstrip(": "))
             if dash.discord is not None:
                 await dash.discord.take_down(found, message_id)
         else:
@@ -94,7 +95,7 @@ async def round_action(request: web.Request) -> web.Response:
 
 async def moderation_page(request: web.Request) -> web.Response:
     dash, member = dashboard_of(request), member_of(request)
-    phrases = await dash.service.banned_list(member)
+    phrases = await dash.service.moderation.banned_list(member)
     log = await dash.service.moderation.modlog(member, limit=50)
     return render(request, "moderation.html", phrases=phrases, log=log, when=_when)
 
@@ -103,7 +104,7 @@ async def banned(request: web.Request) -> web.Response:
     dash, form = dashboard_of(request), await request.post()
     add = _text(form, "op") != "remove"
     try:
-        await dash.service.change_banned(member_of(request), _text(form, "phrase"), add=add)
+        await dash.service.moderation.change_banned(member_of(request), _text(form, "phrase"), add=add)
     except RefineryError as error:
         return _failed(request, error)
     return see_other("/moderation")
@@ -132,7 +133,7 @@ async def create_export(request: web.Request) -> web.Response:
         return refuse(request, 400, "Not done", f"channel={channel[:30]!r} and min_votes={votes[:30]!r} must be "
                       "whole numbers (or empty).")
     try:
-        summary = await dash.service.export(
+        summary = await dash.service.moderation.export(
             member=member_of(request), formats=[f for f in form.getall("formats", []) if isinstance(f, str)],
             since=_text(form, "since") or None, until=_text(form, "until") or None,
             channel_id=int(channel) if channel else None, min_votes=int(votes) if votes else None,

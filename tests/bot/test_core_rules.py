@@ -57,7 +57,7 @@ async def test_an_opted_out_user_is_no_longer_logged(tmp_path: Path) -> None:
     """After /forget-me a user's votes are not journaled; others' still are."""
     async with core_service(tmp_path) as core:
         await core.posted_round(500)
-        await core.service.forget_me(ALICE)
+        await core.service.moderation.forget_me(ALICE)
         assert await vote(core, 500, ALICE, ONE) is None
         assert await vote(core, 500, BOB, ONE) is not None
 

@@ -73,7 +73,7 @@ async def test_opted_out_users_are_not_reconciled(tmp_path: Path) -> None:
     """After /forget-me a user's reactions are not logged, by reconciliation either."""
     async with core_service(tmp_path) as core:
         record = await core.posted_round(502)
-        await core.service.forget_me(BOB)
+        await core.service.moderation.forget_me(BOB)
         await core.service.reconciler.run(reads({ONE: {BOB}, TWO: {ALICE}}))
         assert await core.journal.vote_state(record.round_id) == {2: {ALICE}}
 

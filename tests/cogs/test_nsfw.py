@@ -55,7 +55,7 @@ async def test_safety_checker_flags_images_into_spoilers_and_the_log(world: Worl
     async with start_bot({"moderation": {"safety_checker": flag_everything}}) as app:
         outside = await slash(world, "a bronze statue", world.imagine)
         inside = await slash(world, "a bronze statue", adults)
-        actions = await app.service.modlog(Member(world.alice, frozenset(), frozenset(), manage_guild=True))
+        actions = await app.service.moderation.modlog(Member(world.alice, frozenset(), frozenset(), manage_guild=True))
     assert all(a["filename"].startswith("SPOILER_") for a in outside["attachments"])
     assert len(inside["attachments"]) == 4
     assert not any(a["filename"].startswith("SPOILER_") for a in inside["attachments"])
@@ -69,7 +69,7 @@ async def test_safety_checker_refuse_withholds_and_removes_the_round(world: Worl
     async with start_bot({"moderation": {"safety_checker": flag_everything, "nsfw_action": "refuse"}}) as app:
         answer = await slash(world, "a bronze statue", world.imagine)
         assert "safety checker flagged these images" in answer["content"] and answer["attachments"] == []
-        actions = await app.service.modlog(Member(world.alice, frozenset(), frozenset(), manage_guild=True))
+        actions = await app.service.moderation.modlog(Member(world.alice, frozenset(), frozenset(), manage_guild=True))
         stats = await app.journal.stats()
         assert app.queue.store is not None and app.queue.store.pending() == [], "withheld for good: not re-run"
     assert sorted(a.action for a in actions) == ["flag", "remove"]

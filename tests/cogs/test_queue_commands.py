@@ -61,7 +61,7 @@ async def test_queue_shows_jobs_and_cancel_respects_ownership(world: World, star
         assert f"Cancelled `{first_job}`" in by_mod.responses[0]["data"]["content"]
         await first.wait_for(lambda i: bool(i.original and "cancelled" in i.original["content"]), timeout=10)
         assert (await app.service.queue_view()) == []
-        logged = [(a.action, a.moderator_id, a.target_user_id) for a in await app.service.modlog(
+        logged = [(a.action, a.moderator_id, a.target_user_id) for a in await app.service.moderation.modlog(
             Member(moderator, manage_guild=True))]
         assert logged == [("cancel", moderator, world.alice)], "a moderator's cancel is on the record"
         generator.release.set()
