@@ -26,7 +26,7 @@ from typing import Any
 from bot.config import Config
 
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
-MODELS_DIR = "models"
+SELECTION_FILE = "selection.json"  # the journal event the run's examples were read through
 
 
 def add_parser(commands: Any) -> None:
@@ -77,8 +77,9 @@ def run_train(args: argparse.Namespace, config: Config, *, stop: threading.Event
 
     if not NAME.match(args.name):
         return fail(f"--name {args.name!r} must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
-    out = config.data_dir / MODELS_DIR / args.name
+    out = config.models_path / args.name
     checkpoint = out / "checkpoint"
+    pinned = out / SELECTION_FILE
     if args.resume and not checkpoint.is_dir():
         return fail(f"nothing to resume: {checkpoint} does not exist")
     if not args.resume and out.exists() and any(out.iterdir()):
@@ -94,9 +95,13 @@ def run_train(args: argparse.Namespace, config: Config, *, stop: threading.Event
     except (InvalidInput, ValueError) as error:
         return fail(str(error))
 
+    # A resumed run reads the log as it was when the run started: votes cast since would change the examples,
+    # which the trainer rightly refuses to resume on.
+    through = json.loads(pinned.read_text())["journal_seq"] if args.resume and pinned.is_file() else None
     journal = Journal(config.journal_path)
     try:
-        data = select_examples(journal, config.data_dir, filters, args.method, held_out_fraction=args.held_out)
+        data = select_examples(journal, config.data_dir, filters, args.method, held_out_fraction=args.held_out,
+                               through_seq=through)
     finally:
         journal.close()
     unit = "preference pairs" if args.method == "dpo" else "rated images"
@@ -110,6 +115,8 @@ def run_train(args: argparse.Namespace, config: Config, *, stop: threading.Event
     print(f"training {args.method} on {len(data.train)} {unit} ({len(data.held_out)} held out) from {rounds}, "
           f"the log through event {data.journal_seq}; left out: {left}")
     data_commit = sync_journal(config, data.journal_seq)
+    out.mkdir(parents=True, exist_ok=True)
+    pinned.write_text(json.dumps({"journal_seq": data.journal_seq}) + "\n", encoding="utf-8")
 
     from pipeline.training import InsufficientMemory, train
 
@@ -136,6 +143,7 @@ def run_train(args: argparse.Namespace, config: Config, *, stop: threading.Event
               f"Continue with the same options and --resume: refinery train --name {args.name} --resume ...")
         return EXIT_INTERRUPTED
 
+    pinned.unlink(missing_ok=True)  # finished: training.json says which event the data was read through
     meta = training_record(args.name, config, data.summary(), data_commit, filters.describe(), result)
     (out / "training.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     (out / "README.md").write_text(model_card(meta), encoding="utf-8")

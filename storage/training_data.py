@@ -67,15 +67,16 @@ class TrainingData:
 
 
 def select_examples(journal: Journal, data_dir: Path, filters: ExportFilters, method: str, *,
-                    held_out_fraction: float = 0.1) -> TrainingData:
+                    held_out_fraction: float = 0.1, through_seq: int | None = None) -> TrainingData:
     """DPO: per round, a candidate its voters preferred to another (aggregated, ties dropped); KTO: every
     image of a voted round, desirable when its net votes are positive. Only rounds whose prompt made
-    their images (text-to-image, rerolls, conditioning refinements); the exports' exclusions hold."""
+    their images (text-to-image, rerolls, conditioning refinements); the exports' exclusions hold.
+    `through_seq` reads the log as it was at that event (a resumed run trains on the data it started with)."""
     if method not in ("dpo", "kto"):
         raise ValueError(f"method must be 'dpo' or 'kto', got {method!r}")
     if not 0 <= held_out_fraction < 1:
         raise ValueError(f"held_out_fraction must be in [0, 1), got {held_out_fraction}")
-    state = replay(journal)
+    state = replay(journal, through_seq)
     selection = Selection(state, Path(data_dir), filters)
     examples: list[Example] = []
     rounds_used = 0

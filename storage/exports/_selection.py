@@ -60,9 +60,11 @@ class LogState:
     last_seq: int = 0
 
 
-def replay(journal: Journal) -> LogState:
-    """Replay the log up to the seq current at the start, so appends made meanwhile cannot half-land."""
-    state = LogState(last_seq=journal.last_seq())
+def replay(journal: Journal, through_seq: int | None = None) -> LogState:
+    """Replay the log up to the seq current at the start (or `through_seq`, to see it as it was then),
+    so appends made meanwhile cannot half-land."""
+    last = journal.last_seq()
+    state = LogState(last_seq=last if through_seq is None else min(through_seq, last))
     # Each piece of state depends only on the order within its own kind, so read kind by kind (indexed).
     for kind in ("rounds", "votes", "moderation"):
         for event in journal.events(kind=kind):

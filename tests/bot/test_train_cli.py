@@ -85,7 +85,8 @@ def test_bad_options_are_named(community_config: Path, capsys: pytest.CaptureFix
 
 @pytest.mark.slow
 def test_sigint_saves_a_checkpoint_and_resume_finishes(community_config: Path, tmp_path: Path) -> None:
-    """Ctrl-C mid-run: exit 130, a checkpoint and a --resume hint; --resume then finishes the same run."""
+    """Ctrl-C mid-run: exit 130, a checkpoint and a --resume hint; --resume then finishes the same run, on the
+    data it started with even though the community voted on more rounds in between."""
     argv = [sys.executable, "-m", "bot", "train", "--config", str(community_config), "--name", "paused",
             "--steps", "60", "--eval-every", "60", *FAST]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -112,6 +113,11 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(community_config: Path, t
     assert (folder / "checkpoint").is_dir() and not (folder / "pytorch_lora_weights.safetensors").exists()
     stopped_at = int(out.split("stopped at step ")[1].split()[0])
     assert 0 < stopped_at < 60
+    seq = int(out.split("the log through event ")[1].split(";")[0])
+    journal = Journal(tmp_path / "data" / "journal.sqlite3")
+    build_community(journal, tmp_path / "data", rounds_per_prompt=1, seed=5)  # more votes meanwhile
+    assert journal.last_seq() > seq
+    journal.close()
 
     started = time.monotonic()
     resumed = subprocess.run([*argv[:-len(FAST)], *FAST, "--resume"], cwd=tmp_path, env=env,
@@ -119,6 +125,7 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(community_config: Path, t
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     meta = json.loads((folder / "training.json").read_text())
     assert meta["steps_done"] == 60 and not (folder / "checkpoint").exists()
+    assert meta["data"]["journal_seq"] == seq and not (folder / "selection.json").exists()
     print(f"\nresumed from step {stopped_at} and finished in {time.monotonic() - started:.1f} s")
 
 
