@@ -19,6 +19,7 @@ from bot.client import RefineryBot
 from bot.dashboard import LOGIN_TTL_S
 from bot.permissions import Member
 from cogs.members import member_of
+from cogs.moderation import take_down
 from storage.records import Round
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,7 @@ class DiscordSide:
         return None if found is None else member_of(found)
 
     async def take_down(self, found: Round, message_id: int | None) -> None:
-        moderation = self.bot.get_cog("Moderation")
-        if moderation is not None:
-            await moderation._take_down(found, message_id, found.channel_id)  # type: ignore[attr-defined]
+        await take_down(self.bot, found, message_id, found.channel_id)
 
     def connected(self) -> bool:
         return self.bot.is_ready() and not self.bot.is_closed()

@@ -74,7 +74,7 @@ class Moderation(commands.Cog):
         found, message_id = await self.service.moderation.remove(member, round, reason="/remove")
         # Answer first (journaled already): the deletion is two more REST calls, not worth the 3 s limit.
         await interaction.response.send_message(f"🚫 Round `{found.round_id}` is removed.", ephemeral=True)
-        await self._take_down(found, message_id, found.channel_id)
+        await take_down(self.bot, found, message_id, found.channel_id)
 
     @app_commands.command(name="flag", description="Moderators: flag a round so exports leave it out")
     @app_commands.describe(round="The round id (shown under the round) or its message id")
@@ -119,23 +119,24 @@ class Moderation(commands.Cog):
             return
         found = await self.service.moderation.remove_by_reaction(member, payload.message_id, emoji)
         if found is not None:
-            await self._take_down(found, payload.message_id, payload.channel_id)
+            await take_down(self.bot, found, payload.message_id, payload.channel_id)
 
-    async def _take_down(self, found: Round, message_id: int | None, channel_id: int) -> None:
-        """Delete the round's message and tell its requester; already gone is fine (journaled anyway)."""
-        channel = self.bot.get_partial_messageable(channel_id)
-        if message_id is not None:
-            try:
-                await channel.get_partial_message(message_id).delete()
-            except discord.NotFound:
-                pass
-            except discord.HTTPException:
-                log.exception("could not delete message %s of round %s", message_id, found.round_id)
+
+async def take_down(bot: RefineryBot, found: Round, message_id: int | None, channel_id: int) -> None:
+    """Delete the round's message and tell its requester; already gone is fine (journaled anyway)."""
+    channel = bot.get_partial_messageable(channel_id)
+    if message_id is not None:
         try:
-            await channel.send(f"<@{found.requester_id}> a moderator removed your round `{found.round_id}`.",
-                               allowed_mentions=render.pinging(found.requester_id))
+            await channel.get_partial_message(message_id).delete()
+        except discord.NotFound:
+            pass
         except discord.HTTPException:
-            log.exception("could not tell user %s that round %s was removed", found.requester_id, found.round_id)
+            log.exception("could not delete message %s of round %s", message_id, found.round_id)
+    try:
+        await channel.send(f"<@{found.requester_id}> a moderator removed your round `{found.round_id}`.",
+                           allowed_mentions=render.pinging(found.requester_id))
+    except discord.HTTPException:
+        log.exception("could not tell user %s that round %s was removed", found.requester_id, found.round_id)
 
 
 async def setup(bot: RefineryBot) -> None:

@@ -16,6 +16,7 @@ from bot import render
 from bot.client import RefineryBot
 from bot.emoji import same_emoji
 from bot.errors import RefineryError
+from bot.service import RefineryService
 from bot.tickets import Ticket
 from cogs.members import member_of
 from cogs.rounds import CancelButton, Edit, run_and_post
@@ -49,21 +50,7 @@ class Queue(commands.Cog):
     @app_commands.command(name="cancel", description="Cancel your queued or running jobs (or one job by id)")
     @app_commands.describe(job="A job id from /queue (moderators may cancel anyone's)")
     async def cancel(self, interaction: discord.Interaction, job: str | None = None) -> None:
-        await self.cancel_job(interaction, job)
-
-    async def cancel_job(self, interaction: discord.Interaction, job: str | None) -> None:
-        """`/cancel` and the 🛑 button under an acknowledgement: the answer is private."""
-        try:
-            cancelled = await self.service.cancel(member=member_of(interaction.user, interaction.permissions),
-                                                  job_id=job)
-        except RefineryError as exc:
-            text = await self.service.report_error(exc, user_id=interaction.user.id,
-                                                   channel_id=interaction.channel_id or 0)
-            await interaction.response.send_message(text, ephemeral=True)
-            return
-        names = ", ".join(f"`{j}`" for j in cancelled)
-        text = f"🛑 Cancelled {names}." if cancelled else "You have nothing in the queue."
-        await interaction.response.send_message(text, ephemeral=True)
+        await cancel_job(self.service, interaction, job)
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
@@ -114,6 +101,25 @@ class Queue(commands.Cog):
             log.error("answering a resumed job failed", exc_info=task.exception())
 
 
+async def cancel_job(service: RefineryService, interaction: discord.Interaction, job: str | None) -> None:
+    """`/cancel` and the 🛑 button under an acknowledgement: the answer is private."""
+    try:
+        cancelled = await service.cancel(member=member_of(interaction.user, interaction.permissions), job_id=job)
+    except RefineryError as exc:
+        text = await service.report_error(exc, user_id=interaction.user.id, channel_id=interaction.channel_id or 0)
+        await interaction.response.send_message(text, ephemeral=True)
+        return
+    names = ", ".join(f"`{j}`" for j in cancelled)
+    text = f"🛑 Cancelled {names}." if cancelled else "You have nothing in the queue."
+    await interaction.response.send_message(text, ephemeral=True)
+
+
+async def press_cancel_button(interaction: discord.Interaction, button: CancelButton) -> None:
+    """🛑 pressed under an acknowledgement (also after a restart): cancels that job."""
+    await cancel_job(interaction.client.service, interaction, button.job_id)  # type: ignore[attr-defined]
+
+
 async def setup(bot: RefineryBot) -> None:
+    CancelButton.on_press = press_cancel_button
     bot.add_dynamic_items(CancelButton)
     await bot.add_cog(Queue(bot))

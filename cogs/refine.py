@@ -64,26 +64,28 @@ class Refine(commands.Cog):
                                f"{limit / 1e6:.1f} MB.")
         return await attachment.read()
 
-    async def on_button(self, interaction: discord.Interaction, action: str, round_id: str,
-                        k: int | None) -> None:
-        """Called by `RoundButton`: a new child round answered as a new message."""
-        origin = Origin(user_id=interaction.user.id, channel_id=interaction.channel_id or 0,
-                        guild_id=interaction.guild_id, source="button", nsfw_channel=is_nsfw(interaction.channel))
-        try:
-            refinement = await self.service.plan_button(round_id=round_id, action=action, candidate=k,
-                                                        user_id=origin.user_id)
-        except RefineryError as exc:
-            text = await self.service.report_error(exc, user_id=origin.user_id, channel_id=origin.channel_id)
-            await send_ephemeral(interaction, text)
-            return
-        ack_id = await defer_with_ack(interaction)
-        message_id = interaction.message.id if interaction.message is not None else 0
-        await run_and_post(self.bot, origin, refinement.request.prompt,
-                           lambda show: self.service.refine(refinement, origin, show, message_id=message_id,
-                                                            ack_message_id=ack_id),
-                           interaction.edit_original_response, note=refinement.summary)
+async def press_round_button(interaction: discord.Interaction, button: RoundButton) -> None:
+    """🔁 / V<k> / U<k> pressed (also after a restart): a new child round, answered as a new message."""
+    bot: RefineryBot = interaction.client  # type: ignore[assignment]
+    service = bot.service
+    origin = Origin(user_id=interaction.user.id, channel_id=interaction.channel_id or 0,
+                    guild_id=interaction.guild_id, source="button", nsfw_channel=is_nsfw(interaction.channel))
+    try:
+        refinement = await service.plan_button(round_id=button.round_id, action=button.action, candidate=button.k,
+                                               user_id=origin.user_id)
+    except RefineryError as exc:
+        text = await service.report_error(exc, user_id=origin.user_id, channel_id=origin.channel_id)
+        await send_ephemeral(interaction, text)
+        return
+    ack_id = await defer_with_ack(interaction)
+    message_id = interaction.message.id if interaction.message is not None else 0
+    await run_and_post(bot, origin, refinement.request.prompt,
+                       lambda show: service.refine(refinement, origin, show, message_id=message_id,
+                                                   ack_message_id=ack_id),
+                       interaction.edit_original_response, note=refinement.summary)
 
 
 async def setup(bot: RefineryBot) -> None:
+    RoundButton.on_press = press_round_button
     bot.add_dynamic_items(RoundButton)
     await bot.add_cog(Refine(bot))

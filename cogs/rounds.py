@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
 
 import discord
 
@@ -26,8 +27,20 @@ Edit = Callable[..., Awaitable[discord.Message]]
 MakeRound = Callable[[StatusSink], Awaitable[FinishedRound]]
 
 
-class RoundButton(discord.ui.DynamicItem[discord.ui.Button], template=(
-        r"rf:(?P<action>reroll|variation|upscale):(?P<round_id>[0-9a-f]{6,32})(?::(?P<k>[0-9]{1,2}))?")):
+# custom_id templates of the persistent buttons (they work after a restart: discord.py DynamicItems).
+ROUND_BUTTON = r"rf:(?P<action>reroll|variation|upscale):(?P<round_id>[0-9a-f]{6,32})(?::(?P<k>[0-9]{1,2}))?"
+CANCEL_BUTTON = r"rf:cancel:(?P<job_id>job-[0-9a-f]{1,32})"
+# What a press does belongs to the feature that handles it, which sets it when its cog loads: the
+# refine cog for RoundButton, the queue cog for CancelButton. (A subclass would not do: sending a view
+# registers the class of the items it holds as the handler of their template.)
+Press = Callable[[discord.Interaction, Any], Awaitable[None]]
+
+
+async def _unavailable(interaction: discord.Interaction) -> None:
+    await interaction.response.send_message("⚠️ That button is not available right now.", ephemeral=True)
+
+
+class RoundButton(discord.ui.DynamicItem[discord.ui.Button], template=ROUND_BUTTON):
     """🔁 reroll, V<k> variation, U<k> upscale of one round; the custom id says which."""
 
     def __init__(self, action: str, round_id: str, k: int | None = None, *, row: int = 0) -> None:
@@ -45,15 +58,14 @@ class RoundButton(discord.ui.DynamicItem[discord.ui.Button], template=(
         k = int(match["k"]) if match["k"] else None
         return cls(match["action"], match["round_id"], k)
 
+    on_press: ClassVar[Press | None] = None  # set by cogs/refine.py
+
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        refine = interaction.client.get_cog("Refine")  # type: ignore[attr-defined]
-        if refine is None:
-            await interaction.response.send_message("⚠️ Refining is not available right now.", ephemeral=True)
-            return
-        await refine.on_button(interaction, self.action, self.round_id, self.k)
+        press = type(self).on_press
+        await (press(interaction, self) if press is not None else _unavailable(interaction))
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"rf:cancel:(?P<job_id>job-[0-9a-f]{1,32})"):
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=CANCEL_BUTTON):
     """🛑 under an acknowledgement: cancels that job (its requester, or a moderator)."""
 
     def __init__(self, job_id: str) -> None:
@@ -66,12 +78,11 @@ class CancelButton(discord.ui.DynamicItem[discord.ui.Button], template=r"rf:canc
                              match: re.Match[str]) -> CancelButton:
         return cls(match["job_id"])
 
+    on_press: ClassVar[Press | None] = None  # set by cogs/queue.py
+
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
-        queue = interaction.client.get_cog("Queue")  # type: ignore[attr-defined]
-        if queue is None:
-            await interaction.response.send_message("⚠️ Cancelling is not available right now.", ephemeral=True)
-            return
-        await queue.cancel_job(interaction, self.job_id)
+        press = type(self).on_press
+        await (press(interaction, self) if press is not None else _unavailable(interaction))
 
 
 def cancel_view(status: JobStatus) -> discord.ui.View | None:
