@@ -165,9 +165,10 @@ class Moderation:
     """Exports, flags and opt-outs. `export_key` overrides REFINERY_EXPORT_KEY (the demo and tests)."""
 
     def __init__(self, config: Config, journal: EventLog, *, export_key: str | None = None,
-                 commit_timeout_s: float = 120.0) -> None:
+                 commit_timeout_s: float = 120.0, wall_clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.journal = journal
+        self.wall_clock = wall_clock  # names exports that were given no name (export-<UTC time>)
         self.commit_timeout_s = commit_timeout_s
         self._export_key = export_key
 
@@ -189,7 +190,7 @@ class Moderation:
         """Check, build, journal, commit the folder as its own Oxen repository (up to commit_timeout_s)."""
         self.require(Action.EXPORT, member)  # before anything is read or written
         plan = plan_export(formats=formats, since=since, until=until, channel_id=channel_id, min_votes=min_votes,
-                           include_flagged=include_flagged, name=name, now=time.time(),
+                           include_flagged=include_flagged, name=name, now=self.wall_clock(),
                            include_edit_rounds=include_edit_rounds)
         pseudo = pseudonymiser(self._export_key or Secrets.from_env().export_key)
         out = self.config.data_dir / "exports" / plan.name
