@@ -50,7 +50,6 @@ def _status_text(status: JobStatus, prompt: str, cancel_emoji: str | None) -> st
 def round_text(record: Round, config: Config, note: str | None = None) -> str:
     """The text above a round's four images: lineage, prompt, settings, seeds, id, how to interact."""
     emoji = config.votes.emoji
-    seeds = " · ".join(f"{emoji[k]} `{seed}`" for k, seed in enumerate(record.seeds) if k < len(emoji))
     lines = []
     if record.parent_round_id:
         which = f" #{record.parent_candidate}" if record.parent_candidate else ""
@@ -61,7 +60,9 @@ def round_text(record: Round, config: Config, note: str | None = None) -> str:
     lines.append(f"🎨 **{shown(record.prompt, 600)}**")
     if record.negative_prompt:
         lines.append(f"🚫 {shown(record.negative_prompt, 300)}")
-    lines.append(f"seeds: {seeds}")
+    # One seed for every round, never one per candidate: an ordinary round's candidate k uses seed + k - 1,
+    # and an arena round's base and adapter pairs share seeds, which a per-candidate list would give away.
+    lines.append(f"seed `{min(record.seeds)}`")
     lines.append(f"{record.steps} steps · guidance {record.guidance:g} · {record.width}×{record.height} · "
                  f"model `{_clip(record.model_id, 80)}` · round `{record.round_id}`")
     lines.append(f"Vote with {emoji[0]}–{emoji[-1]} ({config.votes.none_emoji} if none is good) · "

@@ -121,6 +121,7 @@ async def test_arena_rounds_are_blind_and_votes_become_comparisons(world: World,
         assert pairs["a"] == pairs["b"] == [21, 22], "paired seeds"
         content = message["content"]
         assert "red" not in content and "sha256" not in content and "adapter" not in content.lower()
+        assert "seed `21`" in content and "`22`" not in content, "one seed, as in any round: no pairs to see"
         assert [a["filename"] for a in message["attachments"]] == [f"{record.round_id}_{k}.png" for k in range(1, 5)]
         for attachment in message["attachments"]:
             image = Image.open(io.BytesIO(world.server.attachment_bytes(attachment["url"])))
