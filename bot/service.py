@@ -86,14 +86,6 @@ class VoteOutcome:
     action: str
 
 
-def adapter_refusal(error: BaseException) -> str | None:
-    """The reason a worker refused a job's adapter (missing, other weights), in-process or through Redis."""
-    if isinstance(error, AdapterUnavailable):
-        return str(error)
-    prefix = f"{AdapterUnavailable.__name__}: "  # how the Redis worker reports it
-    return str(error)[len(prefix):] if str(error).startswith(prefix) else None
-
-
 class RefineryService:
     def __init__(self, config: Config, journal: EventLog, queue: JobQueue, images: ImageStore,
                  *, masker: Masker | None = None, has_instruct_model: bool = False,
@@ -236,9 +228,9 @@ class RefineryService:
                                       "images here when I am back.") from None
                 raise Interrupted("I had to shut down before your job ran; please send it again in a "
                                   "minute.") from None
+            except AdapterUnavailable as exc:  # the user should read why (from either queue)
+                raise GenerationFailed(f"Generation failed ({job.job_id}): {exc}") from exc
             except Exception as exc:
-                if (reason := adapter_refusal(exc)) is not None:  # the user should read why
-                    raise GenerationFailed(f"Generation failed ({job.job_id}): {reason}") from exc
                 raise GenerationFailed(f"Generation failed ({job.job_id}); the error was logged. "
                                        "Please try again.") from exc
 

@@ -52,6 +52,7 @@ import redis
 import redis.asyncio as aioredis
 
 from pipeline import redis_scripts
+from pipeline.adapters import AdapterUnavailable
 from pipeline.jobs import (
     Job,
     JobListing,
@@ -72,6 +73,16 @@ FINISHED = {JobState.DONE.value, JobState.FAILED.value, JobState.CANCELLED.value
 
 class RemoteGenerationError(RuntimeError):
     """A worker could not make the job's images; the message is the worker's error."""
+
+
+def outcome_error(outcome: dict[str, Any]) -> BaseException:
+    """The exception a failed or cancelled job's stored outcome stands for: the same types an in-process
+    queue raises (a cancel, a refused adapter), else RemoteGenerationError with the worker's message."""
+    if outcome.get("state") == JobState.CANCELLED.value:
+        return GenerationCancelled(outcome.get("error", "cancelled"))
+    if outcome.get("refusal") is not None:
+        return AdapterUnavailable(outcome["refusal"])
+    return RemoteGenerationError(outcome.get("error", "the worker failed"))
 
 
 class QueueUnavailable(QueueLimitError):
@@ -370,10 +381,7 @@ class RedisQueue:
             if state is JobState.DONE:
                 self._settle(job, state, result=GenerationResult.from_dict(outcome["result"]))
                 return  # stays open until the bot has journaled its round: forget()
-            if state is JobState.CANCELLED:
-                self._settle(job, state, error=GenerationCancelled(outcome.get("error", "cancelled")))
-            else:
-                self._settle(job, state, error=RemoteGenerationError(outcome.get("error", "the worker failed")))
+            self._settle(job, state, error=outcome_error(outcome))
         await self._aredis.zrem(self.key("open"), job_id)
 
     def _settle(self, job: Job, state: JobState, *, result: GenerationResult | None = None,

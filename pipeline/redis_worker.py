@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from pipeline import redis_scripts
+from pipeline.adapters import AdapterUnavailable
 from pipeline.generator import Generator
 from pipeline.jobs import COMPILING_NOTE, JobState
 from pipeline.redis_queue import GROUP
@@ -199,7 +200,11 @@ class RedisWorker:
                     self._run([t])
                 return
             log.exception("%s failed on worker %s", group[0].job_id, self.name)
-            self._finish(group[0].entry_id, group[0].job_id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}")
+            # A refused adapter is the user's to read (which file is missing or differs): say so in the
+            # outcome, so the bot raises the same AdapterUnavailable as an in-process queue would.
+            refusal = str(exc) if isinstance(exc, AdapterUnavailable) else None
+            self._finish(group[0].entry_id, group[0].job_id, JobState.FAILED, error=f"{type(exc).__name__}: {exc}",
+                         refusal=refusal)
         else:
             # Seconds of worker time per job: what the ETA of a job further back in line depends on.
             per_job = (time.perf_counter() - started) / len(group)
@@ -242,12 +247,14 @@ class RedisWorker:
         return progress
 
     def _finish(self, entry_id: str, job_id: str, state: JobState, *, result: GenerationResult | None = None,
-                error: str = "", duration: float | None = None) -> bool:
+                error: str = "", duration: float | None = None, refusal: str | None = None) -> bool:
         outcome: dict[str, Any] = {"state": state.value}
         if result is not None:
             outcome["result"] = result.to_dict()
         else:
             outcome["error"] = error
+        if refusal is not None:
+            outcome["refusal"] = refusal
         written = self._finish_script(args=[
             self.prefix, entry_id, job_id, state.value, json.dumps(outcome), int(self.result_ttl_s),
             repr(time.time()), "" if duration is None else repr(duration)])

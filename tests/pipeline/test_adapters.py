@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.service import adapter_refusal
 from pipeline.adapters import AdapterUnavailable, file_sha256
 from pipeline.diffusers_generator import DiffusersGenerator, GeneratorSettings
-from pipeline.redis_queue import RemoteGenerationError
+from pipeline.redis_queue import RemoteGenerationError, outcome_error
 from pipeline.requests import AdapterRef, GenerationRequest, batch_key
 from pipeline.tiny import build_tiny_adapter
 from tests.conftest import TinyModels
@@ -71,7 +70,9 @@ def test_missing_or_other_weights_are_refused_with_a_reason(served: DiffusersGen
         served.generate(replace(REQUEST, adapter=AdapterRef("red", "0" * 64)))
     with pytest.raises(ValueError, match="arms has 3 entries for 4 seeds"):
         served.generate(replace(REQUEST, adapter=red(models), arms=(True, False, True)))
-    # Through Redis the worker's error arrives as text: the service still finds the reason for the user.
-    remote = RemoteGenerationError("AdapterUnavailable: adapter `red` here has other weights")
-    assert adapter_refusal(remote) == "adapter `red` here has other weights"
-    assert adapter_refusal(RuntimeError("CUDA out of memory")) is None
+    # Through Redis the refusal is stored with the outcome, and the bot raises the same type again.
+    refused = outcome_error({"state": "failed", "error": "AdapterUnavailable: …",
+                             "refusal": "adapter `red` here has other weights"})
+    assert isinstance(refused, AdapterUnavailable) and str(refused) == "adapter `red` here has other weights"
+    other = outcome_error({"state": "failed", "error": "RuntimeError: CUDA out of memory"})
+    assert isinstance(other, RemoteGenerationError) and not isinstance(other, AdapterUnavailable)
