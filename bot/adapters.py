@@ -31,9 +31,8 @@ from bot.errors import InvalidInput
 from bot.permissions import Action, Member
 from pipeline.adapters import LORA_FILE, file_sha256
 from pipeline.requests import AdapterRef, GenerationRequest, Mode
-from storage.arena import ArenaReport, arena_report
+from storage.arena import ArenaReport, arena_report, read_arena
 from storage.async_journal import EventLog
-from storage.exports import ExportFilters, Selection, replay
 from storage.journal import Journal
 from storage.records import ModerationAction, new_id
 
@@ -191,11 +190,12 @@ class AdapterDesk:
     def _results(self, adapter_name: str | None) -> ArenaResults:
         journal = Journal(self.config.journal_path)  # its own read connection, in this thread
         try:
-            reports = arena_report(journal, self.config.data_dir, adapter_name)
-            selection = Selection(replay(journal), self.config.data_dir, ExportFilters())
+            log = read_arena(journal, self.config.data_dir)
         finally:
             journal.close()
-        rounds = [r for r in selection.rounds() if r.arms and r.adapter]
+        reports = arena_report(log, adapter_name)
+        shown = {report.adapter for report in reports}
+        rounds = [r for r in log.rounds if r.adapter in shown]  # removed and flagged rounds stay out
         cutoff = self.clock() - self.config.arena.reveal_after_s
         revealed = [(r.round_id, str(r.adapter), str(r.arms)) for r in rounds if r.created_at <= cutoff]
         return ArenaResults(reports, revealed, len(rounds) - len(revealed))

@@ -19,7 +19,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run_report(args: argparse.Namespace, config: Config) -> int:
-    from storage.arena import arena_report
+    from storage.arena import arena_report, read_arena
     from storage.journal import Journal
 
     if not config.journal_path.is_file():
@@ -27,7 +27,7 @@ def run_report(args: argparse.Namespace, config: Config) -> int:
         return 2
     journal = Journal(config.journal_path)
     try:
-        reports = arena_report(journal, config.data_dir, args.name)
+        reports = arena_report(read_arena(journal, config.data_dir), args.name)
     finally:
         journal.close()
     if not reports:

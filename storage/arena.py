@@ -18,14 +18,19 @@ from storage.records import Round
 from storage.win_rate import WinRate, comparisons_needed
 
 
-def arena_rounds(selection: Selection) -> list[Round]:
-    """The usable rounds that were comparisons, oldest first."""
-    return [r for r in selection.rounds() if r.arms and r.adapter and selection.usable(r)]
+@dataclass(frozen=True)
+class ArenaLog:
+    """The log's arena rounds (usable ones, as the exports' rules decide) and their comparisons."""
+
+    rounds: list[Round]  # oldest first
+    comparisons: list[Comparison]
 
 
-def comparisons(journal: Journal, data_dir: Path, filters: ExportFilters | None = None) -> list[Comparison]:
+def read_arena(journal: Journal, data_dir: Path, filters: ExportFilters | None = None) -> ArenaLog:
+    """One replay of the log: every usable arena round and the comparisons its voters made."""
     selection = Selection(replay(journal), Path(data_dir), filters or ExportFilters())
-    return [c for rnd in arena_rounds(selection) for c in round_comparisons(rnd, selection.voters_of(rnd))]
+    rounds = [r for r in selection.rounds() if r.arms and r.adapter and selection.usable(r)]
+    return ArenaLog(rounds, [c for rnd in rounds for c in round_comparisons(rnd, selection.voters_of(rnd))])
 
 
 @dataclass(frozen=True)
@@ -65,14 +70,19 @@ class ArenaReport:
                 f"position check (how often the image at each position won): {positions}"]
 
 
-def report(found: list[Comparison], rounds_by_adapter: dict[str, int] | None = None) -> list[ArenaReport]:
+def arena_report(log: ArenaLog, adapter_name: str | None = None) -> list[ArenaReport]:
+    """Every adapter's report (or only `adapter_name`'s: its label starts with "<name>@")."""
     grouped: dict[str, list[Comparison]] = defaultdict(list)
-    for comparison in found:
+    rounds: dict[str, int] = defaultdict(int)
+    for comparison in log.comparisons:
         grouped[comparison.adapter].append(comparison)
-    names = sorted(set(grouped) | set(rounds_by_adapter or {}))
+    for rnd in log.rounds:
+        rounds[str(rnd.adapter)] += 1
     reports = []
-    for name in names:
-        items = grouped.get(name, [])
+    for name in sorted(rounds):
+        if adapter_name is not None and name.split("@", 1)[0] != adapter_name:
+            continue
+        items = grouped[name]
         positions: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # position → [wins, comparisons]
         for c in items:
             winner, loser = ((c.adapter_position, c.base_position) if c.adapter_won
@@ -80,19 +90,6 @@ def report(found: list[Comparison], rounds_by_adapter: dict[str, int] | None = N
             positions[winner][0] += 1
             positions[winner][1] += 1
             positions[loser][1] += 1
-        rounds = (rounds_by_adapter or {}).get(name, len({c.round_id for c in items}))
-        reports.append(ArenaReport(name, rounds, WinRate(sum(c.adapter_won for c in items), len(items)),
+        reports.append(ArenaReport(name, rounds[name], WinRate(sum(c.adapter_won for c in items), len(items)),
                                    {k: WinRate(w, n) for k, (w, n) in positions.items()}))
     return reports
-
-
-def arena_report(journal: Journal, data_dir: Path, adapter_name: str | None = None) -> list[ArenaReport]:
-    """Every adapter's report (or only `adapter_name`'s: its label starts with "<name>@")."""
-    selection = Selection(replay(journal), Path(data_dir), ExportFilters())
-    rounds = arena_rounds(selection)
-    found = [c for rnd in rounds for c in round_comparisons(rnd, selection.voters_of(rnd))]
-    counts: dict[str, int] = defaultdict(int)
-    for rnd in rounds:
-        counts[str(rnd.adapter)] += 1
-    reports = report(found, dict(counts))
-    return [r for r in reports if adapter_name is None or r.adapter.split("@", 1)[0] == adapter_name]

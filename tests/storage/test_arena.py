@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.__main__ import main
-from storage.arena import arena_report, comparisons
+from storage.arena import arena_report, read_arena
 from storage.journal import Journal
 from tests.storage.export_log import ANN, BEN, CAT, DAN, T0, add_round, moderate, vote
 
@@ -38,12 +38,14 @@ def arena_log(journal: Journal, data_dir: Path) -> dict[str, str]:
 def test_comparisons_follow_the_votes_and_the_exclusions(journal: Journal, data_dir: Path) -> None:
     """Cross-arm pairs the voter did not tie on; flagged and ordinary rounds give none."""
     rounds = arena_log(journal, data_dir)
-    found = comparisons(journal, data_dir)
+    log = read_arena(journal, data_dir)
+    found = log.comparisons
+    assert [r.round_id for r in log.rounds] == [rounds["one"], rounds["two"]]  # what /arena results may reveal
     assert {c.round_id for c in found} == {rounds["one"], rounds["two"]}
     assert sum(c.adapter_won for c in found) == 7 and len(found) == 10
     dan = sorted((c.adapter_position, c.base_position, c.adapter_won) for c in found if c.voter == DAN)
     assert dan == [(1, 3, True), (4, 2, False)]
-    (report,) = arena_report(journal, data_dir)
+    (report,) = arena_report(log)
     assert report.adapter == ADAPTER and report.rounds == 2
     assert (report.result.wins, report.result.comparisons) == (7, 10)
     assert sum(w.comparisons for w in report.by_position.values()) == 20  # each comparison has two positions
