@@ -16,6 +16,7 @@ or the set of active adapters changes (dynamo guards on the modules): slower onc
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -37,6 +38,14 @@ def adapter_file(models_dir: Path, name: str) -> Path:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's sha256, read again only when its size or modification time changed: `/model list`, the
+    dashboard and every job's check ask often, an adapter changes rarely."""
+    stat = Path(path).stat()
+    return _digest(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _digest(path: str, size: int, mtime_ns: int) -> str:  # size and mtime are the cache key
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(1 << 20):
@@ -51,7 +60,6 @@ class LoadedAdapters:
     def __init__(self, pipe: Any, models_dir: Path | None) -> None:
         self.pipe, self.models_dir = pipe, models_dir
         self.loaded: dict[str, str] = {}  # name → sha256 of the loaded weights
-        self._hashes: dict[Path, tuple[int, int, str]] = {}  # path → (size, mtime_ns, sha256)
 
     def sha256_of(self, name: str) -> str:
         """The sha256 of `name`'s weights file as it is on disk now (raises AdapterUnavailable)."""
@@ -59,15 +67,10 @@ class LoadedAdapters:
             raise AdapterUnavailable(f"adapter `{name}` cannot be used here: this worker has no models folder")
         path = adapter_file(self.models_dir, name)
         try:
-            stat = path.stat()
+            return file_sha256(path)
         except FileNotFoundError:
             raise AdapterUnavailable(f"adapter `{name}` is not on this worker ({path} is missing): copy the "
                                      "models folder to it, or use the adapter where it was trained") from None
-        cached = self._hashes.get(path)
-        if cached is None or cached[:2] != (stat.st_size, stat.st_mtime_ns):
-            cached = (stat.st_size, stat.st_mtime_ns, file_sha256(path))
-            self._hashes[path] = cached
-        return cached[2]
 
     def activate(self, ref: AdapterRef | None) -> None:
         """Make the next run use `ref`'s weights (loading them if needed), or the base model for None."""

@@ -76,3 +76,17 @@ def test_missing_or_other_weights_are_refused_with_a_reason(served: DiffusersGen
     assert isinstance(refused, AdapterUnavailable) and str(refused) == "adapter `red` here has other weights"
     other = outcome_error({"state": "failed", "error": "RuntimeError: CUDA out of memory"})
     assert isinstance(other, RemoteGenerationError) and not isinstance(other, AdapterUnavailable)
+
+
+def test_a_changed_weights_file_is_hashed_again(tmp_path: Path) -> None:
+    """The sha256 is cached by size and modification time: a rewritten file is never answered from the cache."""
+    import hashlib
+    import os
+
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+    path.write_bytes(b"first weights")
+    assert file_sha256(path) == hashlib.sha256(b"first weights").hexdigest()
+    path.write_bytes(b"other weights")  # same size
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert file_sha256(path) == hashlib.sha256(b"other weights").hexdigest()
