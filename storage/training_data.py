@@ -38,10 +38,19 @@ class FeedbackImage:
     net_votes: int
 
 
+def _prompt(caption: str) -> str:
+    """The held-out split's unit: a prompt, whatever its case and spacing."""
+    return " ".join(caption.lower().split())
+
+
+def _position(prompt: str) -> float:
+    """Where a prompt falls in [0, 1), the same in every run."""
+    return int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:8], "big") / 2**64
+
+
 def held_out(caption: str, fraction: float) -> bool:
     """A deterministic split by prompt: the same prompt is always on the same side, in every run."""
-    digest = hashlib.sha256(" ".join(caption.lower().split()).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return _position(_prompt(caption)) < fraction
 
 
 Example = PreferencePair | FeedbackImage
@@ -108,13 +117,12 @@ def select_examples(journal: Journal, data_dir: Path, filters: ExportFilters, me
 
 
 def _split(examples: list[Example], fraction: float) -> tuple[list[Example], list[Example]]:
-    """Held out by prompt; with few prompts, at least the one prompt that hashes lowest (if two or more)."""
+    """Held out by prompt; with few prompts, at least the one that falls lowest (if there are two or more)."""
     if fraction == 0:
         return examples, []
-    held = [e for e in examples if held_out(e.caption, fraction)]
-    captions = {" ".join(e.caption.lower().split()) for e in examples}
-    if not held and len(captions) >= 2:
-        lowest = min(captions, key=lambda c: hashlib.sha256(c.encode()).digest())
-        held = [e for e in examples if " ".join(e.caption.lower().split()) == lowest]
-    chosen = {id(e) for e in held}
-    return [e for e in examples if id(e) not in chosen], held
+    prompts = {_prompt(e.caption) for e in examples}
+    held = {p for p in prompts if _position(p) < fraction}
+    if not held and len(prompts) >= 2:
+        held = {min(prompts, key=_position)}
+    return ([e for e in examples if _prompt(e.caption) not in held],
+            [e for e in examples if _prompt(e.caption) in held])

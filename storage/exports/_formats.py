@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -312,6 +312,4 @@ FORMATS: tuple[str, ...] = tuple(REGISTRY)
 
 
 def naive_utc(timestamp: float) -> datetime:
-    from datetime import UTC
-
     return datetime.fromtimestamp(timestamp, UTC).replace(tzinfo=None)  # naive UTC, as Pick-a-Pic
