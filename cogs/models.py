@@ -29,7 +29,8 @@ def adapter_line(info: AdapterInfo, active: str | None) -> str:
 def results_text(results: ArenaResults, reveal_after_s: float) -> str:
     if not results.reports:
         return "No arena rounds yet. Moderators start one with `/arena start`."
-    lines = ["🥊 **Arena results** (blinded A/B rounds: two base and two adapter candidates each)"]
+    lines = ["🥊 **Arena results** (blinded A/B rounds: two base and two adapter candidates each; "
+             "the round is the unit of evidence, as its voters all judge the same images)"]
     for report in results.reports:
         lines += report.lines()
     if results.revealed:
@@ -90,7 +91,7 @@ class Models(commands.Cog):
         text = f"Arena off (was `{was.adapter.label}`)." if was else "The arena was not running."
         await interaction.response.send_message(text, ephemeral=True)
 
-    @arena.command(name="results", description="Is the adapter preferred? Win-rate, interval, votes still needed")
+    @arena.command(name="results", description="Is the adapter preferred? Rounds won, interval, rounds still needed")
     @app_commands.describe(name="Only this adapter (default: all)")
     async def arena_results(self, interaction: discord.Interaction, name: str | None = None) -> None:
         await interaction.response.defer(thinking=True)

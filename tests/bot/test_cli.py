@@ -48,7 +48,7 @@ def test_demo_runs_the_whole_loop_offline(tmp_path: Path) -> None:
     assert out.count("buttons: 🔁 V1 V2 V3 V4 U1 U2 U3 U4") == 6
     assert "training dpo on 3 preference pairs" in out and "oxen: branch models/demo-taste, commit " in out
     assert "records adapter demo-taste@sha256:" in out
-    assert "adapter won 4 of 4 decisive comparisons" in out
+    assert "4 decisive comparisons (4 won by the adapter)" in out
     assert "#2: 3 vote(s)" in out
     assert "refining #2 (your vote) by conditioning" in out and ": img2img from #2 of " in out
     assert "rerolling with new seeds" in out

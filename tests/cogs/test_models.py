@@ -157,7 +157,9 @@ async def test_arena_rounds_are_blind_and_votes_become_comparisons(world: World,
         results = await slash(world, "arena results", {}, world.alice,
                               lambda i: i.original is not None and "Arena results" in i.original["content"])
         body = results.original["content"]
-        assert "adapter won 4 of 6 decisive comparisons (66.7%" in body, body
+        assert "adapter ahead in 1 of 1 rounds that leaned one way" in body, body  # the round is the unit
+        assert "1 of 1 arena round(s) with a decisive vote (0 even) · 2 voter(s) · 6 decisive comparisons " \
+               "(4 won by the adapter)" in body, body
         assert f"`{record.round_id}` {arms}" in body  # reveal_after_s = 0: the assignment is shown
 
         stopped = await slash(world, "arena stop", {}, mod)
