@@ -313,7 +313,8 @@ class DiffusersGenerator:
 
     def _generate_arms(self, request: GenerationRequest, progress: ProgressCallback | None) -> GenerationResult:
         """An arena round: the base candidates and the adapter's as two runs, put back in their positions.
-        Progress counts both runs as one (steps of the second continue after the first's)."""
+        Progress counts both runs as one run of the request's own steps (2 steps done count 1), so it reads
+        "step x/N" with the N of an ordinary round of the same settings: the two runs must not show."""
         arms = request.arms
         parts: list[tuple[list[int], GenerationResult]] = []
         for offset, with_adapter in enumerate((False, True)):
@@ -323,7 +324,7 @@ class DiffusersGenerator:
 
             def report(step: int, total: int, offset: int = offset) -> None:
                 if progress is not None:
-                    progress(offset * total + step, 2 * total)
+                    progress((offset * total + step + 1) // 2, total)  # rounded up: 1/N at the first step
 
             parts.append((where, self.generate(part, report)))
         images: list[bytes] = [b""] * len(arms)

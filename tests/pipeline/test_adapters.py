@@ -62,6 +62,19 @@ def test_an_arena_request_puts_each_arm_in_its_positions(served: DiffusersGenera
     assert arena.seeds == (3, 3, 4, 4) and arena.extras["arms"] == "baab"
 
 
+def test_an_arena_round_counts_progress_like_an_ordinary_round(served: DiffusersGenerator, models: Path) -> None:
+    """Its two runs report "step x/N" with the N of an ordinary round of the same settings, never 2N, from 1/N
+    to N/N without going back: a member watching progress cannot tell an arena round."""
+    plain: list[tuple[int, int]] = []
+    arena: list[tuple[int, int]] = []
+    served.generate(REQUEST, lambda step, total: plain.append((step, total)))
+    served.generate(replace(REQUEST, seeds=(3, 3, 4, 4), adapter=red(models), arms=(False, True, True, False)),
+                    lambda step, total: arena.append((step, total)))
+    assert {total for _, total in arena} == {total for _, total in plain} == {REQUEST.steps}
+    assert arena[0] == plain[0] == (1, REQUEST.steps) and arena[-1] == plain[-1] == (REQUEST.steps, REQUEST.steps)
+    assert [step for step, _ in arena] == sorted(step for step, _ in arena)
+
+
 def test_missing_or_other_weights_are_refused_with_a_reason(served: DiffusersGenerator, models: Path) -> None:
     """A name not on this worker, or a sha256 that differs from the file's: AdapterUnavailable saying which."""
     with pytest.raises(AdapterUnavailable, match="`blue` is not on this worker"):
