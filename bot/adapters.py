@@ -10,7 +10,11 @@ An arena round is an ordinary text-to-image round in which two candidates come f
 and two from the adapter, with the same prompt and paired seeds (base and adapter share seeds a and b,
 so each pair differs only by the adapter), in positions shuffled by a random draw that the round
 records (`Round.arms`, e.g. "baab"). The message is built like any other: nothing in the text, the
-file names or the PNGs says which is which.
+file names or the PNGs says which is which. Seeds a and b are fresh secret draws, journaled in
+`Round.seeds` (exports and training stay reproducible) but never shown: the message shows the seed the
+prompt was asked with (`Round.shown_seed`), and `/imagine` with it makes neither arm's images, so nobody
+can regenerate the base candidates to find them. (Regenerating the shown seed does reveal that the
+round was not ordinary, never which positions are which.)
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from bot.config import Config
 from bot.errors import InvalidInput
 from bot.permissions import Action, Member
 from pipeline.adapters import LORA_FILE, file_sha256
-from pipeline.requests import AdapterRef, GenerationRequest, Mode
+from pipeline.requests import MAX_SEED, AdapterRef, GenerationRequest, Mode
 from storage.arena import ArenaReport, arena_report, read_arena
 from storage.async_journal import EventLog
 from storage.journal import Journal
@@ -212,9 +216,14 @@ class AdapterDesk:
 
 
 def arena_request(request: GenerationRequest, adapter: AdapterRef, rng: random.Random) -> GenerationRequest:
-    """Half the candidates from the base model and half from the adapter on the same seeds, shuffled."""
-    half = request.seeds[: request.count // 2]
-    slots = [(arm, seed) for arm in (False, True) for seed in half]
+    """Half the candidates from the base model and half from the adapter on the same fresh, secret seeds,
+    shuffled. The round still shows the seed it was asked with (`shown_seed`), which makes none of them."""
+    secret: list[int] = []
+    while len(secret) < request.count // 2:  # distinct, and never one a member could type from the message
+        seed = rng.randint(0, MAX_SEED)
+        if seed not in secret and seed not in request.seeds:
+            secret.append(seed)
+    slots = [(arm, seed) for arm in (False, True) for seed in secret]
     rng.shuffle(slots)
     return replace(request, adapter=adapter, arms=tuple(arm for arm, _ in slots),
-                   seeds=tuple(seed for _, seed in slots))
+                   seeds=tuple(seed for _, seed in slots), shown_seed=request.seeds[0])

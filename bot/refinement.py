@@ -3,6 +3,9 @@
 Pure decisions, no I/O: which candidate is refined, how the planner's plan becomes a
 `GenerationRequest`, and the sentence that tells the user what is happening. The service does the
 lookups (round, votes, images) and the generation.
+
+A child round builds on the parent's *shown* seeds (`Round.shown_seeds`): the child's message shows its
+seeds, and an arena parent's own seeds are secret (they would let anyone regenerate its base candidates).
 """
 
 from __future__ import annotations
@@ -73,14 +76,14 @@ def refinement_for_plan(parent: Round, plan: Plan, candidate: int | None, why: s
     if candidate is None:
         # A remix: the instruction as a prompt change to all four, on the parent's own seeds.
         prompt = fallback_to_conditioning(plan, parent.prompt).prompt
-        seeds = consecutive_seeds(plan.seed, count) if plan.seed is not None else parent.seeds
+        seeds = consecutive_seeds(plan.seed, count) if plan.seed is not None else parent.shown_seeds
         request = GenerationRequest(prompt=prompt, seeds=seeds, mode=Mode.TEXT, **common)
         summary = f"remixing all four with '{shown(plan.instruction, 200)}' ({why})"
         return Refinement(parent, None, replace(plan, mode=Mode.TEXT, prompt=prompt), request,
                           _with_notes(summary, notes), "reply")
     if candidate_png is None:
         raise InvalidInput(f"The image of candidate #{candidate} is missing, so it cannot be refined.")
-    first = plan.seed if plan.seed is not None else parent.seeds[candidate - 1]
+    first = plan.seed if plan.seed is not None else parent.shown_seeds[candidate - 1]
     strength = plan.strength if plan.strength is not None else config.refine.strength
     request = GenerationRequest(
         prompt=plan.prompt, seeds=consecutive_seeds(first, count), mode=plan.mode, init_image=candidate_png,
@@ -114,7 +117,7 @@ def button_refinement(parent: Round, action: str, candidate: int | None, config:
     elif action == "upscale":
         strength = config.refine.upscale_strength
         width, height = (_upscaled(side, config) for side in (parent.width, parent.height))
-        seeds = consecutive_seeds(parent.seeds[candidate - 1], count)
+        seeds = consecutive_seeds(parent.shown_seeds[candidate - 1], count)
         summary = f"re-running #{candidate} in detail at {width}×{height}"
     else:
         raise InvalidInput(f"Unknown button action {action!r}.")

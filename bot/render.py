@@ -60,9 +60,10 @@ def round_text(record: Round, config: Config, note: str | None = None) -> str:
     lines.append(f"🎨 **{shown(record.prompt, 600)}**")
     if record.negative_prompt:
         lines.append(f"🚫 {shown(record.negative_prompt, 300)}")
-    # One seed for every round, never one per candidate: an ordinary round's candidate k uses seed + k - 1,
-    # and an arena round's base and adapter pairs share seeds, which a per-candidate list would give away.
-    lines.append(f"seed `{min(record.seeds)}`")
+    # One seed for every round, never one per candidate: an ordinary round's candidate k uses seed + k - 1.
+    # An arena round shows the seed it was asked with, never its secret ones: those would let anyone
+    # regenerate the base candidates with /imagine and so name the base positions.
+    lines.append(f"seed `{record.shown_seed if record.shown_seed is not None else min(record.seeds)}`")
     lines.append(f"{record.steps} steps · guidance {record.guidance:g} · {record.width}×{record.height} · "
                  f"model `{_clip(record.model_id, 80)}` · round `{record.round_id}`")
     lines.append(f"Vote with {emoji[0]}–{emoji[-1]} ({config.votes.none_emoji} if none is good) · "

@@ -62,4 +62,5 @@ class Ticket:
             source=origin.source, queued_s=round(queued_s, 4), generate_s=round(result.elapsed_s, 4), **lineage,
             adapter=request.adapter.label if request.adapter is not None else None,
             arms="".join("a" if arm else "b" for arm in request.arms) if request.arms else None,
+            shown_seed=request.shown_seed,
         )

@@ -66,6 +66,10 @@ class GenerationRequest:
     # Per candidate, True = with the adapter, False = base; () = every candidate with the adapter. An arena
     # round mixes them: the generator runs each arm as its own sub-batch and keeps the positions.
     arms: tuple[bool, ...] = ()
+    # An arena round: the seed its message shows, which does not make its candidates (their `seeds` are
+    # secret draws), so nobody can regenerate an arm outside the arena. None = the round shows its seeds.
+    # The generator never reads it.
+    shown_seed: int | None = None
 
     @property
     def count(self) -> int:
@@ -143,6 +147,6 @@ def batch_key(request: GenerationRequest) -> str:
     if request.mode is not Mode.TEXT or len(set(request.arms)) > 1:  # an arena round runs two sub-batches
         return ""
     fields = request.to_dict()
-    for name in ("prompt", "negative_prompt", "seeds"):
+    for name in ("prompt", "negative_prompt", "seeds", "shown_seed"):
         del fields[name]
     return json.dumps(fields, sort_keys=True)

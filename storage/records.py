@@ -74,6 +74,16 @@ class Round(Record):
     adapter: str | None = None  # the LoRA it used, "name@sha256:<12 hex>"; None = the base model alone
     # An arena round: per candidate "a" (adapter) or "b" (base), the logged random draw; None otherwise.
     arms: str | None = None
+    # An arena round: the seed its message shows; `seeds` are the secret ones that made the candidates, never
+    # shown (the shown seed reproduces neither arm). None: the round shows its own seeds.
+    shown_seed: int | None = None
+
+    @property
+    def shown_seeds(self) -> tuple[int, ...]:
+        """The seeds members may know, one per candidate: what a refinement may build on and show again."""
+        if self.shown_seed is None:
+            return self.seeds
+        return tuple((self.shown_seed + k) % 2**32 for k in range(len(self.seeds)))  # as consecutive_seeds
 
 
 @dataclass(frozen=True)

@@ -40,17 +40,22 @@ def config(tmp_path: Path, **sections: dict) -> object:
     return config_from_dict({"storage": {"data_dir": str(tmp_path)}, **sections})
 
 
-def test_an_arena_request_pairs_seeds_and_shuffles_two_arms() -> None:
-    """Two base and two adapter candidates on the first two seeds, in a drawn order."""
+def test_an_arena_request_pairs_secret_seeds_and_shuffles_two_arms() -> None:
+    """Two base and two adapter candidates on two fresh seeds that both arms share, in a drawn order; the
+    round shows the seed it was asked with, which is none of them."""
     ref = AdapterRef("red", "f" * 64)
-    orders = set()
+    orders, drawn = set(), set()
     for seed in range(40):
         request = arena_request(REQUEST, ref, random.Random(seed))
         assert sorted(request.arms) == [False, False, True, True] and request.adapter == ref
-        for arm in (False, True):
-            assert sorted(s for s, a in zip(request.seeds, request.arms, strict=True) if a is arm) == [10, 11]
+        pairs = [sorted(s for s, a in zip(request.seeds, request.arms, strict=True) if a is arm)
+                 for arm in (False, True)]
+        assert pairs[0] == pairs[1] and len(set(pairs[0])) == 2, "paired seeds"
+        assert request.shown_seed == 10 and not set(request.seeds) & set(REQUEST.seeds), "shown ≠ secret"
         orders.add(request.arms)
+        drawn.update(request.seeds)
     assert len(orders) == 6, "every arrangement of two and two is drawn"
+    assert len(drawn) == 80, "fresh seeds every round"
 
 
 async def test_apply_stamps_the_adapter_and_draws_arena_rounds_for_fresh_prompts(tmp_path: Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,13 @@ async def slash(world: World, name: str, options: dict[str, Any], user: int, don
 
 
 async def imagine(world: World, app: Any, user: int, prompt: str, seed: int) -> tuple[dict[str, Any], Any]:
-    interaction = await slash(world, "imagine", {"prompt": prompt, "seed": seed}, user,
+    interaction, record = await imagine_round(world, app, user, {"prompt": prompt, "seed": seed})
+    return interaction.original, record
+
+
+async def imagine_round(world: World, app: Any, user: int, options: dict[str, Any]) -> tuple[Any, Any]:
+    """/imagine with `options`: the interaction (its answer is the round's message) and the journaled round."""
+    interaction = await slash(world, "imagine", options, user,
                               lambda i: i.original is not None and len(i.original["attachments"]) == 4)
     message = interaction.original
     found: list[Any] = []
@@ -50,7 +57,7 @@ async def imagine(world: World, app: Any, user: int, prompt: str, seed: int) -> 
         found[:] = [await app.journal.round_for_message(int(message["id"]))]
         return found[0] is not None
     await until(posted)
-    return message, found[0]
+    return interaction, found[0]
 
 
 def pixels(world: World, message: dict[str, Any]) -> list[np.ndarray]:
@@ -118,7 +125,8 @@ async def test_arena_rounds_are_blind_and_votes_become_comparisons(world: World,
         arms = record.arms
         assert arms is not None and sorted(arms) == ["a", "a", "b", "b"] and record.adapter.startswith("red@")
         pairs = {arm: sorted(s for s, a in zip(record.seeds, arms, strict=True) if a == arm) for arm in "ab"}
-        assert pairs["a"] == pairs["b"] == [21, 22], "paired seeds"
+        assert pairs["a"] == pairs["b"] and len(set(pairs["a"])) == 2, "paired seeds"
+        assert record.shown_seed == 21 and not {21, 22, 23, 24} & set(record.seeds), "secret seeds, journaled"
         content = message["content"]
         assert "red" not in content and "sha256" not in content and "adapter" not in content.lower()
         assert "seed `21`" in content and "`22`" not in content, "one seed, as in any round: no pairs to see"
@@ -140,7 +148,8 @@ async def test_arena_rounds_are_blind_and_votes_become_comparisons(world: World,
                 regenerated[which] = np.abs(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), float)
                                             - posted[k]).mean()
             other = "b" if arm == "a" else "a"
-            assert regenerated[arm] < 1.0 < 5 < regenerated[other], (k, arm, regenerated)
+            # The random tiny adapter moves a 4-step image by about 4–9 of 255 on average, by seed (now secret).
+            assert regenerated[arm] < 1.0 < 2.0 < regenerated[other], (k, arm, regenerated)
 
         # bob picks both adapter images (4 adapter wins), carol one base image (2 base wins), dan all (ties).
         adapter_k = [k for k, arm in enumerate(arms, start=1) if arm == "a"]
@@ -180,6 +189,47 @@ async def test_arena_rounds_are_blind_and_votes_become_comparisons(world: World,
     for row in ds:
         adapter_model = row[f"model_{row['adapter_image']}"]
         assert adapter_model.endswith(f"+red@sha256:{sha[:12]}") and "+" not in row[f"model_{1 - row['adapter_image']}"]
+
+
+def progress_edits(world: World, interaction: Any) -> list[str]:
+    """The "generating… step x/N" edits the bot made to an interaction's answer, in order."""
+    return [r.json["content"] for r in world.server.requests if r.method == "PATCH" and interaction.token in r.path
+            and "generating… step" in (r.json or {}).get("content", "")]
+
+
+@pytest.mark.slow
+async def test_an_arena_round_cannot_be_regenerated_or_told_apart(world: World, start_bot, tmp_path: Path,
+                                                                  tiny_models: TinyModels) -> None:
+    """/imagine with the prompt and seed an arena round shows makes none of its images, so nobody can find its
+    base candidates; its progress and its message read like that ordinary round's (same step counts)."""
+    install_adapter(tmp_path / "data", tiny_models)
+    mod = world.server.add_user("mod", permissions=MANAGE_GUILD)
+    options = {"prompt": "a lighthouse", "seed": 21, "steps": 16}
+    async with start_bot({"generation": {"progress_interval_s": 0.01}}) as app:
+        await slash(world, "arena start", {"name": "red", "fraction": 1.0}, mod)
+        arena_answer, arena = await imagine_round(world, app, world.alice, options)
+        await slash(world, "arena stop", {}, mod)
+        shown = int(re.search(r"seed `(\d+)`", arena_answer.original["content"])[1])
+        plain_answer, plain = await imagine_round(world, app, world.bob, {**options, "seed": shown})
+    assert arena.arms is not None and plain.arms is None and shown == 21
+
+    arena_png = [world.server.attachment_bytes(a["url"]) for a in arena_answer.original["attachments"]]
+    plain_png = [world.server.attachment_bytes(a["url"]) for a in plain_answer.original["attachments"]]
+    assert not set(arena_png) & set(plain_png), "the shown seed reproduced an arena candidate"
+    closest = min(np.abs(a - b).mean() for a in pixels(world, arena_answer.original)
+                  for b in pixels(world, plain_answer.original))
+    assert closest > 5, f"an arena candidate is nearly an ordinary one ({closest:.2f})"
+
+    def form(text: str, round_id: str = "") -> str:  # what differs between any two rounds: ids, counters, bars
+        text = text.replace(round_id, "ID") if round_id else text
+        return re.sub(r"[▰▱]+", "", re.sub(r"step \d+/", "step x/", text))
+    arena_progress, plain_progress = progress_edits(world, arena_answer), progress_edits(world, plain_answer)
+    assert arena_progress and plain_progress, (arena_progress, plain_progress)
+    denominators = {int(n) for text in arena_progress + plain_progress for n in re.findall(r"step \d+/(\d+)", text)}
+    assert denominators == {16}, (arena_progress, plain_progress)  # an arena round ran 2 × 16: "x/32" gave it away
+    assert {form(t) for t in arena_progress} == {form(t) for t in plain_progress}
+    assert form(arena_answer.original["content"], arena.round_id) == form(plain_answer.original["content"],
+                                                                          plain.round_id)
 
 
 @pytest.mark.slow
