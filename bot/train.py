@@ -47,12 +47,17 @@ def add_parser(commands: Any) -> None:
     train.add_argument("--held-out", type=float, default=0.1,
                        help="share of prompts held out to measure accuracy (default: 0.1)")
     train.add_argument("--steps", type=int, default=500)
-    train.add_argument("--rank", type=int, default=8)
-    train.add_argument("--lr", type=float, default=1e-5)
-    train.add_argument("--beta", type=float, default=None, help="default: 2500 for dpo, 1000 for kto")
-    train.add_argument("--batch", type=int, default=4, help="pairs (dpo) or images (kto) per micro-batch")
+    # Unset tuning flags take the model's own defaults (pipeline/training/defaults.py): its
+    # refinery_train.json and native resolution, else SD 1.5's recipe (shown in the help).
+    train.add_argument("--rank", type=int, default=None, help="default: the model's, else 8")
+    train.add_argument("--lr", type=float, default=None, help="default: the model's, else 1e-5")
+    train.add_argument("--beta", type=float, default=None,
+                       help="default: the model's, else 2500 for dpo, 1000 for kto")
+    train.add_argument("--batch", type=int, default=None,
+                       help="pairs (dpo) or images (kto) per micro-batch; default: the model's, else 4")
     train.add_argument("--grad-accum", type=int, default=1)
-    train.add_argument("--resolution", type=int, default=512)
+    train.add_argument("--resolution", type=int, default=None,
+                       help="default: the model's native size (512 for SD 1.5)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--eval-every", type=int, default=50, help="measure held-out accuracy every N steps")
     train.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, ~30%% slower")
@@ -91,7 +96,7 @@ def run_train(args: argparse.Namespace, config: Config, *, stop: threading.Event
         start, end = parse_day(args.since, "since"), parse_day(args.until, "until", end=True)
         filters = ExportFilters(since=start, until=end, channel_id=args.channel, min_votes=args.min_votes,
                                 include_flagged=args.include_flagged)
-        settings = _settings(args)
+        settings = _settings(args, config.model.id)
     except (InvalidInput, ValueError) as error:
         return fail(str(error))
 
@@ -156,12 +161,15 @@ def run_train(args: argparse.Namespace, config: Config, *, stop: threading.Event
     return 0
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace, model: str) -> Any:
     from pipeline.training import TrainSettings
+    from pipeline.training.defaults import KEYS, model_defaults
 
-    return TrainSettings(method=args.method, steps=args.steps, rank=args.rank, lr=args.lr, beta=args.beta,
-                         batch=args.batch, grad_accum=args.grad_accum, resolution=args.resolution, seed=args.seed,
-                         gradient_checkpointing=args.gradient_checkpointing, eval_every=args.eval_every).check()
+    defaults = model_defaults(model)
+    tuned = {key: defaults[key] if getattr(args, key) is None else getattr(args, key) for key in KEYS}
+    return TrainSettings(method=args.method, steps=args.steps, grad_accum=args.grad_accum, seed=args.seed,
+                         gradient_checkpointing=args.gradient_checkpointing, eval_every=args.eval_every,
+                         **tuned).check()
 
 
 def _on_sigint(stop: threading.Event) -> Any:

@@ -12,6 +12,7 @@ interrupted or concurrent build never leaves a half-written checkpoint under `fo
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -87,7 +88,7 @@ def _build_pipeline_checkpoint(folder: Path, kind: str, pipeline_class: type, *,
             requires_safety_checker=False,
         )
         pipe.save_pretrained(tmp)
-        _write_vocab_files(tmp / "tokenizer")
+        write_vocab_files(tmp / "tokenizer")
 
     return _cached_build(folder, kind, seed, write)
 
@@ -223,11 +224,12 @@ def _byte_table() -> list[str]:
     return [chr(table[b]) for b in range(256)]
 
 
-def _write_vocab_files(folder: Path) -> None:
-    """vocab.json + merges.txt: each byte alone and as a word end, so any text (emoji too) encodes.
+def write_vocab_files(folder: Path, words: tuple[str, ...] = ()) -> None:
+    """vocab.json + merges.txt: each byte alone and as a word end, so any text (emoji too) encodes;
+    and BPE merges that make each of `words` (lower-case) one token.
 
-    No merges are needed: every word splits into bytes that are all in the vocabulary. A
-    `tokenizer.json` written by `save_pretrained` is removed so that the folder looks like SD 1.5's
+    Without `words` no merges are needed: every word splits into bytes that are all in the vocabulary.
+    A `tokenizer.json` written by `save_pretrained` is removed so that the folder looks like SD 1.5's
     and loads through the same vocab + merges path.
     """
     folder.mkdir(parents=True, exist_ok=True)
@@ -235,15 +237,37 @@ def _write_vocab_files(folder: Path) -> None:
     chars = _byte_table()
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    merges: list[tuple[str, str]] = []
+    for word in words:
+        # Merge what the merges so far leave of the word, left to right. New merges rank below every
+        # earlier one, so words already made whole keep their single token.
+        pieces = _bpe([*word[:-1], word[-1] + "</w>"], merges)
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _bpe(pieces: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """Byte-pair encoding of one word: merge the best-ranked adjacent pair until none is ranked."""
+    rank = {pair: i for i, pair in enumerate(merges)}
+    while len(pieces) > 1:
+        pairs = [(rank.get((a, b), len(rank)), i) for i, (a, b) in enumerate(itertools.pairwise(pieces))]
+        best, at = min(pairs)
+        if best == len(rank):
+            break
+        pieces = [*pieces[:at], pieces[at] + pieces[at + 1], *pieces[at + 2:]]
+    return pieces
 
 
 def _tokenizer(scratch: Path) -> CLIPTokenizer:
     # Going through files (not an in-memory dict) exercises the same loading path as a real checkpoint.
-    _write_vocab_files(scratch)
+    write_vocab_files(scratch)
     return CLIPTokenizer.from_pretrained(scratch, model_max_length=77)
 
 
