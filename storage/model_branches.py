@@ -9,6 +9,10 @@ Only the writer may open the repository (the bindings hold its lock until the pr
 Between group commits the writer takes each request: it creates branch `models/<name>` from the
 current commit, copies the adapter folder to `models/<name>/` in the repository, adds exactly that
 folder, commits "refinery model <name>: <method>, <steps> steps", and checks the main branch out again.
+The branch holds exactly what the folder holds: the head's files are read back from Oxen and compared
+with the folder's by sha256, a new commit is made whenever they differ (a name trained again after its
+folder was deleted), and after a commit they are compared again; a branch that still differs is an
+error answer, never a commit id. Commit messages decide nothing.
 On the main branch only `models/README.md` is ever committed under `models/`, so checking it out again
 leaves the data tables as they were and the next group commit lands there. Both files are written
 atomically (tmp + rename), so neither side ever reads half of one.
@@ -27,6 +31,7 @@ from, each branch only changes it, and every branch keeps its own files.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -36,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from storage import export_repo
-from storage.oxen_repo import OxenRepository
+from storage.oxen_repo import OxenError, OxenRepository
 
 log = logging.getLogger("refinery.oxen_writer")
 
@@ -99,9 +104,11 @@ def commit_title(name: str, meta: Mapping[str, Any]) -> str:
 def commit_model(repo: OxenRepository, name: str, folder: Path) -> dict[str, Any]:
     """Commit one finished adapter folder on `models/<name>` and come back to the current branch.
 
-    Idempotent: after a crash the request is taken again, and a branch whose head already is this
-    model's commit is answered without a second commit."""
+    Idempotent: after a crash the request is taken again, and a branch whose head already holds these
+    very files is answered with that commit, without a second one. ValueError when the branch cannot be
+    made to hold them."""
     meta = json.loads((folder / "training.json").read_text())  # only finished adapters have it
+    wanted = file_digests(folder)
     branch, home = BRANCH_PREFIX + name, repo.current_branch() or MAIN_BRANCH
     title = commit_title(name, meta)
     existed = repo.branch_exists(branch)
@@ -109,21 +116,46 @@ def commit_model(repo: OxenRepository, name: str, folder: Path) -> dict[str, Any
     try:
         repo.checkout(branch, create=not existed)  # from the current commit of the main branch
         head = repo.last_commit()
-        if existed and head is not None and head.message.startswith(f"refinery model {name}:"):
+        if existed and head is not None and committed_digests(repo, name) == wanted:
             commit_id = head.id
         else:
             target = repo.path / "models" / name
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(folder, target)
-            repo.add(target)  # exactly the adapter: nothing else in the working tree rides along
+            repo.add(target)  # exactly the adapter (removed files too): nothing else in the working tree rides along
             data = meta.get("data", {})
             message = (f"{title}\n\n{data.get('train_examples', '?')} training examples from the journal through "
                        f"event {data.get('journal_seq', '?')}; see models/{name}/README.md")
             commit_id = repo.commit(message)
+            held = committed_digests(repo, name)
+            if held != wanted:
+                differ = sorted(p for p in held.keys() | wanted.keys() if held.get(p) != wanted.get(p))
+                raise ValueError(f"branch {branch} does not hold {folder} after commit {commit_id}: "
+                                 f"{', '.join(differ)} differ")
     finally:
         return_to(repo, home)
     log.info("model %s committed on branch %s as %s", name, branch, commit_id)
     return {"name": name, "branch": branch, "commit_id": commit_id}
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """{path relative to `folder`: sha256} of every file under it: what a model's branch must hold."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def committed_digests(repo: OxenRepository, name: str) -> dict[str, str]:
+    """The files the current branch's head holds in `models/<name>/`, restored from Oxen into an emptied
+    folder: the working copy may hold leftovers that no commit has."""
+    target = repo.path / "models" / name
+    shutil.rmtree(target, ignore_errors=True)
+    try:
+        repo.restore(f"models/{name}")
+    except OxenError as error:
+        if "not found" not in str(error):  # oxenai 0.65.1: "Merkle tree hash not found for file: ..."
+            raise
+        return {}
+    return file_digests(target) if target.is_dir() else {}
 
 
 def ensure_readme(repo: OxenRepository) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +109,31 @@ def test_two_models_keep_their_own_content(journal: Journal, settings: WriterSet
     for name in ("one", "two"):
         files = committed_rows(settings.repo, f"models/{name}")["models"]
         assert {path.split("/")[1] for path in files} == {"README.md", name}, files
+
+
+def test_a_retrained_model_replaces_the_first_one_on_its_branch(journal: Journal, settings: WriterSettings,
+                                                                 data_dir: Path, make_round, run_once) -> None:
+    """Train `live`, delete its folder, train `live` again: the branch gets a new commit holding exactly the new
+    folder (other weights, a file fewer), not the first adapter's commit answered again (#23.1)."""
+    journal.append(make_round())
+    assert run_once().returncode == EXIT_OK
+    folder = fake_model(data_dir, "live")
+    (folder / "notes.txt").write_text("only in the first run\n")
+    request_commit(data_dir, "live", folder)
+    assert run_once().returncode == EXIT_OK
+    first = commit_outcome(data_dir, "live")
+    assert first is not None and "commit_id" in first, first
+
+    shutil.rmtree(folder)
+    folder = fake_model(data_dir, "live")
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"other weights, seed 7")
+    request_commit(data_dir, "live", folder)
+    assert run_once().returncode == EXIT_OK
+    second = commit_outcome(data_dir, "live")
+    assert second is not None and "commit_id" in second, second
+    assert second["commit_id"] != first["commit_id"], "the first adapter's commit was answered again"
+
+    want = {f"models/live/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    branch = committed_rows(settings.repo, "models/live")
+    assert {path: sha for path, sha in branch["models"].items() if path != "models/README.md"} == want
+    assert len([m for m in branch["log"] if m.startswith("refinery model live:")]) == 2
