@@ -23,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import filelock
+
 from bot.config import Config
 
 EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
@@ -73,15 +75,38 @@ def fail(message: str, code: int = 2) -> int:
 
 
 def run_train(args: argparse.Namespace, config: Config, *, stop: threading.Event | None = None) -> int:
+    from storage.export_repo import NAME
+
+    if not NAME.match(args.name):
+        return fail(f"--name {args.name!r} must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
+    # One run per name from the folder check to the commit: two at once would train into one folder and
+    # each report its own accuracy for whichever adapter landed last. An flock: the kernel drops it with
+    # the process, so a killed run never leaves its name locked.
+    lock = filelock.FileLock(lock_path(config, args.name))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return fail(f"another `refinery train --name {args.name}` is running (it holds {lock.lock_file}): "
+                    "wait for it to end, or choose another --name")
+    try:
+        return _run_locked(args, config, stop)
+    finally:
+        lock.release()
+
+
+def lock_path(config: Config, name: str) -> Path:
+    """The file a run of `name` holds an flock on, beside (not in) the adapter's folder."""
+    config.models_path.mkdir(parents=True, exist_ok=True)
+    return config.models_path / f".{name}.lock"
+
+
+def _run_locked(args: argparse.Namespace, config: Config, stop: threading.Event | None) -> int:
     from bot.errors import InvalidInput
     from bot.moderation import parse_day
-    from storage.export_repo import NAME
     from storage.exports import ExportFilters
     from storage.journal import Journal
     from storage.training_data import select_examples
 
-    if not NAME.match(args.name):
-        return fail(f"--name {args.name!r} must be 1-64 letters, digits, '-' or '_', starting with a letter or digit")
     out = config.models_path / args.name
     checkpoint = out / "checkpoint"
     pinned = out / SELECTION_FILE

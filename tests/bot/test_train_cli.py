@@ -141,3 +141,25 @@ def test_kto_trains_on_rated_images(community_config: Path, tmp_path: Path,
     assert meta["method"] == "kto" and meta["beta"] == 1000
     assert meta["data"]["desirable"] == meta["data"]["undesirable"] > 0
     assert meta["curves"]["loss"][0] == pytest.approx(0.5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_name_at_once_one_is_refused(community_config: Path, tmp_path: Path) -> None:
+    """`refinery train --name same` twice at once (seeds 1 and 2): one trains and commits, the other is refused
+    with one line at once, so the folder and the branch hold the adapter of the run that said so (#23.2)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    runs = [subprocess.Popen([sys.executable, "-m", "bot", "train", "--config", str(community_config), "--name",
+                              "same", "--steps", "8", "--eval-every", "8", *FAST, "--seed", str(seed)],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for seed in (1, 2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    done = [(run.returncode, out, err) for run, (out, err) in zip(runs, outputs, strict=True)]
+    assert sorted(code for code, _, _ in done) == [0, 2], [(code, err[-1500:]) for code, _, err in done]
+    winner = next(seed for seed, (code, _, _) in zip((1, 2), done, strict=True) if code == 0)
+    refused = next(err for code, _, err in done if code == 2).strip()
+    assert refused.startswith("refinery train: another `refinery train --name same` is running"), refused
+    assert len(refused.splitlines()) == 1, refused
+    meta = json.loads((tmp_path / "data" / "models" / "same" / "training.json").read_text())
+    assert meta["settings"]["seed"] == winner
+    branch = committed_rows(tmp_path / "data" / "oxen", "models/same")
+    assert branch["models"]["models/same/pytorch_lora_weights.safetensors"] == meta["adapter_sha256"]
