@@ -6,7 +6,10 @@ commit is the Oxen writer's (`storage.model_branches`), because only that proces
 repository. When the bot runs, its writer takes the request; when it does not, this command runs the
 writer once (`python -m storage.oxen_writer --once`) to commit the data and then the adapter.
 
-Ctrl-C (SIGINT) finishes the step in hand, saves a checkpoint and prints how to `--resume`.
+Ctrl-C (SIGINT) or SIGTERM finishes the step in hand, saves a checkpoint and prints how to `--resume`;
+a checkpoint is also saved every `--checkpoint-every` steps, so a run killed outright (SIGKILL, a crash, a
+lost machine) resumes from its last one. A folder with neither an adapter nor a checkpoint (a run killed
+before its first) does not hold on to its name.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from typing import Any
 import filelock
 
 from bot.config import Config
+from pipeline.adapters import LORA_FILE
 
-EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"
+EXIT_INTERRUPTED = 130  # the shell's code for "stopped by SIGINT"; 128 + 15 for SIGTERM
+CHECKPOINT_EVERY = 25  # steps: a killed SD 1.5 run loses a few seconds of GPU time, saving costs ~1 %
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SELECTION_FILE = "selection.json"  # the journal event the run's examples were read through
 
 
@@ -62,6 +68,9 @@ def add_parser(commands: Any) -> None:
                        help="default: the model's native size (512 for SD 1.5)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--eval-every", type=int, default=50, help="measure held-out accuracy every N steps")
+    train.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="N",
+                       help=f"save a checkpoint every N steps, so that a killed run can --resume (default: "
+                            f"{CHECKPOINT_EVERY}; 0: only when stopped by Ctrl-C or SIGTERM)")
     train.add_argument("--gradient-checkpointing", action="store_true", help="less GPU memory, ~30%% slower")
     train.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
@@ -103,18 +112,24 @@ def lock_path(config: Config, name: str) -> Path:
 def _run_locked(args: argparse.Namespace, config: Config, stop: threading.Event | None) -> int:
     from bot.errors import InvalidInput
     from bot.moderation import parse_day
+    from pipeline.training.checkpoint import CHECKPOINT_DIR, recover_checkpoint
     from storage.exports import ExportFilters
     from storage.journal import Journal
     from storage.training_data import select_examples
 
     out = config.models_path / args.name
-    checkpoint = out / "checkpoint"
+    checkpoint = out / CHECKPOINT_DIR
     pinned = out / SELECTION_FILE
+    recover_checkpoint(checkpoint)  # a run killed mid-save left its last checkpoint aside
     if args.resume and not checkpoint.is_dir():
-        return fail(f"nothing to resume: {checkpoint} does not exist")
-    if not args.resume and out.exists() and any(out.iterdir()):
-        hint = " (add --resume to continue it)" if checkpoint.is_dir() else ""
-        return fail(f"an adapter named {args.name!r} exists already at {out}{hint}; choose another --name")
+        return fail(f"nothing to resume: {checkpoint} does not exist (run it again without --resume)")
+    # Only a finished adapter or a checkpoint holds a name: what a run killed before its first checkpoint
+    # leaves (selection.json, a half-written checkpoint) is started over.
+    if not args.resume and (out / LORA_FILE).is_file():
+        return fail(f"an adapter named {args.name!r} exists already at {out}; choose another --name")
+    if not args.resume and checkpoint.is_dir():
+        return fail(f"a stopped run of {args.name!r} has a checkpoint in {checkpoint}: add --resume to continue "
+                    f"it, or delete {out} to start over")
     if not config.journal_path.is_file():
         return fail(f"no journal at {config.journal_path} (check --config)")
     try:
@@ -144,6 +159,9 @@ def _run_locked(args: argparse.Namespace, config: Config, stop: threading.Event 
     rounds = f"{data.rounds_used} round" + ("" if data.rounds_used == 1 else "s")
     print(f"training {args.method} on {len(data.train)} {unit} ({len(data.held_out)} held out) from {rounds}, "
           f"the log through event {data.journal_seq}; left out: {left}")
+    every = (f"a checkpoint every {settings.checkpoint_every} steps" if settings.checkpoint_every
+             else "no periodic checkpoints (--checkpoint-every 0)")
+    print(f"{every} in {checkpoint}; Ctrl-C or SIGTERM saves one and stops, --resume continues")
     data_commit = sync_journal(config, data.journal_seq)
     out.mkdir(parents=True, exist_ok=True)
     pinned.write_text(json.dumps({"journal_seq": data.journal_seq}) + "\n", encoding="utf-8")
@@ -155,7 +173,8 @@ def _run_locked(args: argparse.Namespace, config: Config, stop: threading.Event 
 
         torch.set_num_threads(args.threads)
     stop = stop or threading.Event()
-    previous = _on_sigint(stop)
+    received: list[int] = []
+    previous = _on_stop_signals(stop, received)
     bar = _ProgressBar()
     try:
         result = train(config.model.id, data.train, data.held_out, out, settings, progress=bar, stop=stop,
@@ -166,12 +185,12 @@ def _run_locked(args: argparse.Namespace, config: Config, stop: threading.Event 
         return fail(str(error))
     finally:
         bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if result.interrupted:
         print(f"stopped at step {result.steps_done} of {settings.steps}; checkpoint saved in {result.checkpoint}.\n"
               f"Continue with the same options and --resume: refinery train --name {args.name} --resume ...")
-        return EXIT_INTERRUPTED
+        return 128 + received[0] if received else EXIT_INTERRUPTED
 
     pinned.unlink(missing_ok=True)  # finished: training.json says which event the data was read through
     meta = training_record(args.name, config, data.summary(), data_commit, filters.describe(), result)
@@ -194,21 +213,24 @@ def _settings(args: argparse.Namespace, model: str) -> Any:
     tuned = {key: defaults[key] if getattr(args, key) is None else getattr(args, key) for key in KEYS}
     return TrainSettings(method=args.method, steps=args.steps, grad_accum=args.grad_accum, seed=args.seed,
                          gradient_checkpointing=args.gradient_checkpointing, eval_every=args.eval_every,
+                         checkpoint_every=args.checkpoint_every or None,
                          **tuned).check()
 
 
-def _on_sigint(stop: threading.Event) -> Any:
-    """Ctrl-C asks the loop to stop after its step (a second one still interrupts at once)."""
+def _on_stop_signals(stop: threading.Event, received: list[int]) -> dict[int, Any]:
+    """Ctrl-C or SIGTERM (a service manager stopping it, `kill`) asks the loop to stop after its step and save
+    a checkpoint; a second signal still interrupts at once. The previous handlers, to put back."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def handle(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
-        print("\nstopping after this step; saving a checkpoint…", file=sys.stderr)
+        print(f"\n{signal.Signals(signum).name}: stopping after this step; saving a checkpoint…", file=sys.stderr)
+        received.append(signum)
         stop.set()
 
-    return signal.signal(signal.SIGINT, handle)
+    return {signum: signal.signal(signum, handle) for signum in STOP_SIGNALS}
 
 
 class _ProgressBar:

@@ -4,7 +4,8 @@
 seconds spent; `trainer.pt` the adapter's weights by parameter name, the optimizer state and the
 sampling generator's state (`torch.load(..., weights_only=True)` reads it back: tensors and plain
 containers only). A checkpoint is written into a sibling folder and renamed into place, so an
-interrupted save leaves the previous checkpoint whole.
+interrupted save leaves the previous checkpoint whole: as `checkpoint/`, or, when killed between the two
+renames, as `.checkpoint.previous/`, which `recover_checkpoint` (and every save and load) puts back.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class Checkpoint:
 
     def check_resumable(self, settings: TrainSettings, model: str, examples: str) -> None:
         """ValueError naming what differs, when this checkpoint is not the same run as the one asked for."""
-        differences = settings.differences(self.settings)
+        # How often checkpoints are saved changes nothing that is trained: a resume may save more or less often.
+        differences = [d for d in settings.differences(self.settings) if not d.startswith("checkpoint_every:")]
         if differences:
             raise ValueError("cannot resume: settings differ from the checkpoint's (now != checkpoint): "
                              + "; ".join(differences))
@@ -58,11 +60,20 @@ class Checkpoint:
             raise ValueError("cannot resume: the training or held-out examples differ from the checkpoint's")
 
 
+def recover_checkpoint(folder: Path) -> bool:
+    """Put back the checkpoint a save killed between its two renames left aside; whether `folder` holds one."""
+    previous = folder.with_name(f".{folder.name}.previous")
+    if not folder.exists() and (previous / _STATE).is_file():
+        os.replace(previous, folder)
+    return folder.is_dir()
+
+
 def save_checkpoint(folder: Path, checkpoint: Checkpoint, trainer_state: dict[str, Any]) -> Path:
     """Write the checkpoint to `folder`, replacing the one there only once the new one is complete."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = folder.with_name(f".{folder.name}.partial")
     previous = folder.with_name(f".{folder.name}.previous")
+    recover_checkpoint(folder)
     for leftover in (partial, previous):
         shutil.rmtree(leftover, ignore_errors=True)
     partial.mkdir()
@@ -77,6 +88,7 @@ def save_checkpoint(folder: Path, checkpoint: Checkpoint, trainer_state: dict[st
 
 def load_checkpoint(folder: Path) -> tuple[Checkpoint, dict[str, Any]]:
     """The checkpoint in `folder` and its tensors (on the CPU); FileNotFoundError when there is none."""
+    recover_checkpoint(folder)
     state = folder / _STATE
     if not state.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from in {folder}")

@@ -105,7 +105,8 @@ def train(model: str | Path, train_examples: Sequence[Example], held_out_example
 
     out.mkdir(parents=True, exist_ok=True)
     lora = trainer.save_lora(out)
-    shutil.rmtree(folder, ignore_errors=True)  # finished: the adapter is the result, nothing to resume
+    for leftover in (folder, *folder.parent.glob(f".{folder.name}.*")):  # with a killed save's partial copy
+        shutil.rmtree(leftover, ignore_errors=True)  # finished: the adapter is the result, nothing to resume
     log.info("trained %s LoRA in %d steps: %s", settings.method, step, lora)
     return result(False, lora)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,51 @@ from tests.oxen_reader import committed_rows
 ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--resolution", "64", "--batch", "4", "--rank", "4", "--lr", "3e-3", "--threads", "1",
         "--min-examples", "8", "--held-out", "0.25"]
+
+
+class TrainProcess:
+    """A real `python -m bot train` in its own process, its output read as it is written (the progress bar
+    draws on stderr)."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.argv = [sys.executable, "-m", "bot", "train", *args]
+        self.proc = subprocess.Popen(self.argv, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers = [threading.Thread(target=self._read, args=(stream, into), daemon=True)
+                         for stream, into in ((self.proc.stdout, self._out), (self.proc.stderr, self._err))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream: object, into: list[str]) -> None:
+        while chunk := stream.read(64):  # type: ignore[attr-defined]
+            into.append(chunk)
+
+    @property
+    def out(self) -> str:
+        return "".join(self._out)
+
+    @property
+    def err(self) -> str:
+        return "".join(self._err)
+
+    def wait_for_step(self, step: int, timeout: float = 180.0) -> int:
+        """Block until the bar shows at least `step` steps done; the step it shows."""
+        deadline = time.monotonic() + timeout
+        while True:
+            drawn = [int(n) for n in re.findall(r"(\d+)/\d+ \[[^]]*step", self.err)]  # not "Loading weights"
+            if drawn and max(drawn) >= step:
+                return max(drawn)
+            assert self.proc.poll() is None and time.monotonic() < deadline, (self.proc.poll(), self.err[-2000:])
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 300.0) -> int:
+        code = self.proc.wait(timeout)
+        for reader in self._readers:
+            reader.join(10)
+        return code
 
 
 @pytest.fixture
@@ -87,27 +133,12 @@ def test_bad_options_are_named(community_config: Path, capsys: pytest.CaptureFix
 def test_sigint_saves_a_checkpoint_and_resume_finishes(community_config: Path, tmp_path: Path) -> None:
     """Ctrl-C mid-run: exit 130, a checkpoint and a --resume hint; --resume then finishes the same run, on the
     data it started with even though the community voted on more rounds in between."""
-    argv = [sys.executable, "-m", "bot", "train", "--config", str(community_config), "--name", "paused",
-            "--steps", "60", "--eval-every", "60", *FAST]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    err: list[str] = []
-    stepping = threading.Event()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        while chunk := proc.stderr.read(64):
-            err.append(chunk)
-            if "/60" in "".join(err):  # the progress bar has drawn a step
-                stepping.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    assert stepping.wait(180), "".join(err)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    reader.join(10)
-    assert proc.returncode == 130, "".join(err)
+    run = TrainProcess(tmp_path, "--config", str(community_config), "--name", "paused", "--steps", "60",
+                       "--eval-every", "60", *FAST)
+    run.wait_for_step(1)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish() == 130, run.err
+    out = run.out
     assert "checkpoint saved in" in out and "--resume" in out
     folder = tmp_path / "data" / "models" / "paused"
     assert (folder / "checkpoint").is_dir() and not (folder / "pytorch_lora_weights.safetensors").exists()
@@ -120,9 +151,8 @@ def test_sigint_saves_a_checkpoint_and_resume_finishes(community_config: Path, t
     journal.close()
 
     started = time.monotonic()
-    resumed = subprocess.run([*argv[:-len(FAST)], *FAST, "--resume"], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    resumed = TrainProcess(tmp_path, *run.argv[4:], "--resume")
+    assert resumed.finish(900) == 0, resumed.err[-2000:]
     meta = json.loads((folder / "training.json").read_text())
     assert meta["steps_done"] == 60 and not (folder / "checkpoint").exists()
     assert meta["data"]["journal_seq"] == seq and not (folder / "selection.json").exists()
@@ -163,3 +193,65 @@ def test_two_runs_of_one_name_at_once_one_is_refused(community_config: Path, tmp
     assert meta["settings"]["seed"] == winner
     branch = committed_rows(tmp_path / "data" / "oxen", "models/same")
     assert branch["models"]["models/same/pytorch_lora_weights.safetensors"] == meta["adapter_sha256"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_like_ctrl_c(community_config: Path, tmp_path: Path) -> None:
+    """SIGTERM mid-run (a service manager, `kill`): the step in hand finishes, a checkpoint is saved, exit 143 with
+    the --resume hint; the run announced its periodic checkpoints, every 25 steps by default (#23.3)."""
+    run = TrainProcess(tmp_path, "--config", str(community_config), "--name", "termed", "--steps", "400",
+                       "--eval-every", "400", *FAST)
+    run.wait_for_step(1)
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish() == 128 + signal.SIGTERM, run.err[-2000:]
+    assert "a checkpoint every 25 steps in " in run.out
+    assert "checkpoint saved in" in run.out and "--resume" in run.out, run.out
+    stopped_at = int(run.out.split("stopped at step ")[1].split()[0])
+    state = json.loads((tmp_path / "data" / "models" / "termed" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == stopped_at > 0
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_periodic_checkpoint(community_config: Path, tmp_path: Path) -> None:
+    """SIGKILL (nothing can be saved then) after a few checkpoints: the last one is there, a plain rerun is sent
+    to --resume, and --resume finishes the run (#23.3)."""
+    args = ["--config", str(community_config), "--name", "killed", "--steps", "30", "--eval-every", "30",
+            "--checkpoint-every", "4", *FAST]
+    run = TrainProcess(tmp_path, *args)
+    run.wait_for_step(9)
+    run.proc.kill()
+    run.finish()
+    assert "a checkpoint every 4 steps in " in run.out
+    folder = tmp_path / "data" / "models" / "killed"
+    step = json.loads((folder / "checkpoint" / "state.json").read_text())["step"]
+    assert step >= 8 and step % 4 == 0, step
+
+    again = TrainProcess(tmp_path, *args)
+    assert again.finish() == 2 and "add --resume to continue it" in again.err, again.err
+    resumed = TrainProcess(tmp_path, *args, "--resume")
+    assert resumed.finish() == 0, resumed.err[-2000:]
+    meta = json.loads((folder / "training.json").read_text())
+    assert meta["steps_done"] == 30 and not (folder / "checkpoint").exists()
+
+
+def test_a_folder_without_adapter_or_checkpoint_does_not_hold_its_name(community_config: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """What a run killed before its first checkpoint leaves (selection.json, a half-written checkpoint) is started
+    over; a finished adapter or a checkpoint does hold the name; the help says how often checkpoints are saved
+    (#23.3)."""
+    models = community_config.parent / "data" / "models"
+    (models / "early" / ".checkpoint.partial").mkdir(parents=True)
+    (models / "early" / "selection.json").write_text('{"journal_seq": 3}\n')
+    assert main(["train", "--config", str(community_config), "--name", "early", "--min-examples", "1000"]) == 2
+    assert "usable preference pairs" in capsys.readouterr().err  # past the name: it went on to read the votes
+
+    (models / "done").mkdir()
+    (models / "done" / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    (models / "stopped" / "checkpoint").mkdir(parents=True)
+    for name, expected in (("done", "exists already"), ("stopped", "add --resume to continue it")):
+        assert main(["train", "--config", str(community_config), "--name", name]) == 2
+        assert expected in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "save a checkpoint every N steps" in " ".join(capsys.readouterr().out.split())
