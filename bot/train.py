@@ -142,7 +142,15 @@ def _run_locked(args: argparse.Namespace, config: Config, stop: threading.Event 
 
     # A resumed run reads the log as it was when the run started: votes cast since would change the examples,
     # which the trainer rightly refuses to resume on.
-    through = json.loads(pinned.read_text())["journal_seq"] if args.resume and pinned.is_file() else None
+    through = None
+    if args.resume and pinned.is_file():
+        try:
+            through = json.loads(pinned.read_text(encoding="utf-8"))["journal_seq"]
+        except (ValueError, KeyError, TypeError):
+            through = None
+        if not isinstance(through, int) or isinstance(through, bool) or through < 0:
+            return fail(f"cannot resume: {pinned} is damaged (no journal event number in it); delete {out} and "
+                        "run the same command without --resume to start over")
     journal = Journal(config.journal_path)
     try:
         data = select_examples(journal, config.data_dir, filters, args.method, held_out_fraction=args.held_out,
@@ -166,7 +174,7 @@ def _run_locked(args: argparse.Namespace, config: Config, stop: threading.Event 
     out.mkdir(parents=True, exist_ok=True)
     pinned.write_text(json.dumps({"journal_seq": data.journal_seq}) + "\n", encoding="utf-8")
 
-    from pipeline.training import InsufficientMemory, train
+    from pipeline.training import CheckpointDamaged, InsufficientMemory, train
 
     if args.threads:
         import torch
@@ -181,6 +189,9 @@ def _run_locked(args: argparse.Namespace, config: Config, stop: threading.Event 
                        resume=args.resume, device=args.device, local_files_only=config.model.local_files_only)
     except InsufficientMemory as error:
         return fail(str(error))
+    except CheckpointDamaged as error:
+        return fail(f"cannot resume: {error}; delete {checkpoint} and run the same command without --resume to "
+                    f"start over (its steps are lost)")
     except ValueError as error:  # a resume with other settings or data, a bad example
         return fail(str(error))
     finally:

@@ -13,6 +13,7 @@ from pipeline.training.losses import dpo_loss, kto_example_losses, kto_loss, per
 from pipeline.training.memory import estimate_training_bytes
 from pipeline.training.run import ProgressCallback, train
 from pipeline.training.settings import (
+    CheckpointDamaged,
     Curves,
     InsufficientMemory,
     TrainingError,
@@ -24,6 +25,7 @@ from pipeline.training.trainer import LORA_FILE, LoraTrainer
 
 __all__ = [
     "LORA_FILE",
+    "CheckpointDamaged",
     "Curves",
     "InsufficientMemory",
     "LoraTrainer",

@@ -14,9 +14,16 @@ import peft
 import torch
 import transformers
 
-from pipeline.training.checkpoint import CHECKPOINT_DIR, Checkpoint, load_checkpoint, save_checkpoint
+from pipeline.training.checkpoint import (
+    CHECKPOINT_DIR,
+    TENSORS_FILE,
+    Checkpoint,
+    first_line,
+    load_checkpoint,
+    save_checkpoint,
+)
 from pipeline.training.data import Example, check_examples, fingerprint
-from pipeline.training.settings import Curves, TrainProgress, TrainResult, TrainSettings
+from pipeline.training.settings import CheckpointDamaged, Curves, TrainProgress, TrainResult, TrainSettings
 from pipeline.training.trainer import LoraTrainer
 from storage.training_data import FeedbackImage
 
@@ -57,7 +64,11 @@ def train(model: str | Path, train_examples: Sequence[Example], held_out_example
                                local_files_only=local_files_only)
     if restored:
         checkpoint, state = restored
-        trainer.restore(state)
+        try:
+            trainer.restore(state)
+        except (KeyError, RuntimeError, TypeError, ValueError) as error:  # names, shapes, optimizer state
+            raise CheckpointDamaged(folder / TENSORS_FILE,
+                                    f"it does not fit this run's adapter ({first_line(error)})") from None
         step, curves, seconds_before = checkpoint.step, checkpoint.curves, checkpoint.seconds
         log.info("resuming %s training at step %d of %d from %s", settings.method, step, settings.steps, folder)
     else:

@@ -30,6 +30,16 @@ class InsufficientMemory(TrainingError):
         )
 
 
+class CheckpointDamaged(TrainingError):
+    """A checkpoint file cannot be what a run wrote: truncated, overwritten, emptied, or edited to something no
+    run could have saved. `path` is the file, `reason` what is wrong with it (one line)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"checkpoint file {path} is damaged: {reason}")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Hyper-parameters of one LoRA training run; `check()` names the first bad value.

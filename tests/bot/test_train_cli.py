@@ -255,3 +255,40 @@ def test_a_folder_without_adapter_or_checkpoint_does_not_hold_its_name(community
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "save a checkpoint every N steps" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_the_file(community_config: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """--resume on a truncated, random or empty trainer.pt, a state.json without settings or with a step no run of
+    its length stops at, or a damaged selection.json: exit 2, one line naming the file and what to do, no
+    traceback (#23.4)."""
+    from pipeline.training import TrainSettings
+
+    state = {"format": 1, "step": 3, "settings": TrainSettings(method="dpo", steps=400).to_dict(), "model": "m",
+             "examples": "e", "curves": {"loss": [0.7] * 3, "train_accuracy": [0.5] * 3, "held_out": []},
+             "seconds": 1.0}
+    valid = json.dumps(state)
+    cases = {
+        "truncated": (valid, b"PK\x03\x04" + bytes(100), "trainer.pt"),
+        "random": (valid, os.urandom(4096), "trainer.pt"),
+        "empty": (valid, b"", "trainer.pt"),
+        "nosettings": (json.dumps({k: v for k, v in state.items() if k != "settings"}), b"", "state.json"),
+        "huge": (json.dumps({**state, "step": 10**9}), b"", "state.json"),
+        "negative": (json.dumps({**state, "step": -5}), b"", "state.json"),
+    }
+    models = community_config.parent / "data" / "models"
+    for name, (state_json, tensors, damaged) in cases.items():
+        checkpoint = models / name / "checkpoint"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "state.json").write_text(state_json)
+        (checkpoint / "trainer.pt").write_bytes(tensors)
+        code = main(["train", "--config", str(community_config), "--name", name, "--resume", *FAST])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, (name, err)
+        assert f"checkpoint file {checkpoint / damaged} is damaged: " in err, (name, err)
+        assert f"delete {checkpoint} and run the same command without --resume" in err, (name, err)
+
+    (models / "random" / "selection.json").write_text("{\"journal_seq\": ")
+    assert main(["train", "--config", str(community_config), "--name", "random", "--resume", *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{models / 'random' / 'selection.json'} is damaged" in err, err

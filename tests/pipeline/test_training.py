@@ -7,6 +7,7 @@ import math
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 
 from pipeline.training import (
     LORA_FILE,
+    CheckpointDamaged,
     InsufficientMemory,
     LoraTrainer,
     TrainProgress,
@@ -289,3 +291,60 @@ def test_memory_estimate_and_refusal(tiny_models: TinyModels, monkeypatch: pytes
     with pytest.raises(InsufficientMemory, match=r"needs about 1\.0 GiB, 0\.5 GiB are free") as raised:
         check_free_memory(pipe, settings(batch=1), torch.device("cuda"))
     assert raised.value.needed_bytes == small
+
+
+def _edit_state(**changes: object) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        state = json.loads((folder / "state.json").read_text())
+        for key, value in changes.items():
+            if value is None:
+                del state[key]
+            else:
+                state[key] = value
+        (folder / "state.json").write_text(json.dumps(state))
+    return edit
+
+
+def _write(name: str, data: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def damage(folder: Path) -> None:
+        (folder / name).write_bytes(data((folder / name).read_bytes()))
+    return damage
+
+
+def _other_shapes(folder: Path) -> None:
+    state = torch.load(folder / "trainer.pt", weights_only=True)
+    state["weights"] = {name: torch.zeros(3, 3) for name in state["weights"]}
+    torch.save(state, folder / "trainer.pt")
+
+
+@pytest.mark.parametrize(("damage", "file", "reason"), [
+    (_write("trainer.pt", lambda data: data[: len(data) // 2]), "trainer.pt", "truncated or not a torch file"),
+    (_write("trainer.pt", lambda data: np.random.default_rng(0).bytes(len(data))), "trainer.pt",
+     "truncated or not a torch file"),
+    (_write("trainer.pt", lambda data: b""), "trainer.pt", "truncated or not a torch file"),
+    (lambda folder: torch.save({"weights": []}, folder / "trainer.pt"), "trainer.pt", "weights, optimizer"),
+    (_other_shapes, "trainer.pt", "does not fit this run's adapter"),
+    (_write("state.json", lambda data: data[:20]), "state.json", "not JSON"),
+    (_edit_state(settings=None), "state.json", "it has no 'settings'"),
+    (_edit_state(step=10**9), "state.json", "step 1000000000 is out of range"),
+    (_edit_state(step=-5), "state.json", "step -5 is out of range"),
+    (_edit_state(step=1), "state.json", "step 1 but its loss curve has 2 steps"),
+], ids=["truncated", "random", "empty", "not-trainer-state", "other-shapes", "state-not-json", "no-settings",
+        "step-1e9", "step-minus-5", "step-edited"])
+def test_a_damaged_checkpoint_is_named_not_a_traceback(damage: Callable[[Path], None], file: str, reason: str,
+                                                       tiny_models: TinyModels, tmp_path: Path,
+                                                       community: tuple[list[PreferencePair], list[PreferencePair]],
+                                                       ) -> None:
+    """A truncated, random, empty or foreign trainer.pt, a state.json without settings or with an impossible step:
+    resuming raises CheckpointDamaged, one line naming the file and what is wrong (#23.4)."""
+    stop = threading.Event()
+    run = settings(steps=6)
+    first = train(tiny_models.sd, community[0][:4], [], tmp_path, run, stop=stop,
+                  progress=lambda report: stop.set() if report.step == 2 else None, device="cpu")
+    assert first.interrupted and first.steps_done == 2
+    damage(tmp_path / "checkpoint")
+    with pytest.raises(CheckpointDamaged) as raised:
+        train(tiny_models.sd, community[0][:4], [], tmp_path, run, resume=True, device="cpu")
+    message = str(raised.value)
+    assert message.startswith(f"checkpoint file {tmp_path / 'checkpoint' / file} is damaged: ") and reason in message
+    assert "\n" not in message and len(message) < 400, message
