@@ -4,7 +4,11 @@ Moderators switch the adapter (`/model use|off`) and run the arena (`/arena star
 journaled as a ModerationAction (`model_use`, `model_off`, `arena_start`, `arena_stop`, with the
 adapter's name, sha256 and weight or fraction as JSON in `reason`) and replayed at start-up, so a
 restart keeps what the moderators chose; with no such event the config's `[model] adapter` and
-`[arena] adapter` apply. A change applies to the next job: `apply` stamps each new request.
+`[arena] adapter` apply. A change applies to the next job: `apply` stamps each new request. An adapter
+is load-checked before it is chosen (`/model use`, `/arena start`, the config's at start-up): a file the
+base model could not load (truncated, random bytes, another model's layers; see pipeline.adapter_check)
+is refused with the reason, instead of every later round failing. A journaled choice is pinned by its
+sha256, so a file damaged since is refused by the generator, which says why.
 
 An arena round is an ordinary text-to-image round in which two candidates come from the base model
 and two from the adapter, with the same prompt and paired seeds (base and adapter share seeds a and b,
@@ -33,6 +37,7 @@ from typing import Any
 from bot.config import Config
 from bot.errors import InvalidInput
 from bot.permissions import Action, Member
+from pipeline.adapter_check import BrokenAdapter, check_adapter, unet_shapes
 from pipeline.adapters import LORA_FILE, file_sha256
 from pipeline.requests import MAX_SEED, AdapterRef, GenerationRequest, Mode
 from storage.arena import ArenaReport, arena_report, read_arena
@@ -87,6 +92,17 @@ def read_adapter(models_dir: Path, name: str) -> AdapterInfo:
                        meta.get("held_out_accuracy_start"), meta.get("created_at"))
 
 
+def usable_adapter(models_dir: Path, model: str, name: str) -> AdapterInfo:
+    """`read_adapter`, and InvalidInput with the reason when base `model` could not load its file."""
+    info = read_adapter(models_dir, name)
+    try:
+        check_adapter(Path(models_dir) / name / LORA_FILE, unet_shapes(model))
+    except BrokenAdapter as error:
+        raise InvalidInput(f"Adapter `{name}` cannot be used: {error}. Train it again, or copy its folder again "
+                           "from where it was trained.") from None
+    return info
+
+
 def list_adapters(models_dir: Path) -> list[AdapterInfo]:
     folder = Path(models_dir)
     if not folder.is_dir():
@@ -136,7 +152,7 @@ class AdapterDesk:
 
     async def _configured(self, name: str, weight: float) -> AdapterRef | None:
         try:
-            info = await asyncio.to_thread(read_adapter, self.models_dir, name)
+            info = await asyncio.to_thread(usable_adapter, self.models_dir, self.config.model.id, name)
         except InvalidInput as error:
             log.error("configured adapter %r is not usable, serving the base model: %s", name, error)
             return None
@@ -149,7 +165,7 @@ class AdapterDesk:
         self.require(Action.MANAGE_MODELS, member)
         if not 0.0 <= weight <= 2.0:
             raise InvalidInput(f"weight={weight:g} is out of range: use 0 to 2 (1 = as trained).")
-        info = await asyncio.to_thread(read_adapter, self.models_dir, name)
+        info = await asyncio.to_thread(usable_adapter, self.models_dir, self.config.model.id, name)
         ref = AdapterRef(info.name, info.sha256, weight)
         await self._journal("model_use", member.user_id, {"name": ref.name, "sha256": ref.sha256, "weight": weight})
         self.active = ref
@@ -169,7 +185,7 @@ class AdapterDesk:
         if self.config.generation.candidates % 2:
             raise InvalidInput(f"The arena needs an even number of candidates per round "
                                f"(generation.candidates = {self.config.generation.candidates}).")
-        info = await asyncio.to_thread(read_adapter, self.models_dir, name)
+        info = await asyncio.to_thread(usable_adapter, self.models_dir, self.config.model.id, name)
         arena = Arena(AdapterRef(info.name, info.sha256), fraction)
         await self._journal("arena_start", member.user_id, {"name": info.name, "sha256": info.sha256,
                                                             "fraction": fraction})

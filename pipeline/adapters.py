@@ -6,6 +6,11 @@ and again whenever it changes on disk, and a request whose hash differs is refus
 `AdapterUnavailable`, whose message the user sees: a worker never generates with weights other than
 the ones the job asked for.
 
+A file that does not load (truncated, random bytes, layers of another size) is refused the same way, with
+the reason, and whatever a failed load added to the UNet is taken out again. (The bot load-checks a file's
+header before a moderator can choose it; this catches what a header cannot show, and adapters chosen
+before that check existed.)
+
 Several adapters can stay loaded (diffusers' PEFT integration keeps them side by side in the UNet);
 switching is `set_adapters`, and the base model is `disable_adapters`, both cheap. The img2img and
 inpainting pipelines share the text pipeline's UNet (`from_pipe`), so they see the same adapter.
@@ -16,12 +21,14 @@ or the set of active adapters changes (dynamo guards on the modules): slower onc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
+from pipeline.adapter_check import check_adapter
 from pipeline.requests import AdapterRef
 
 log = logging.getLogger(__name__)
@@ -99,6 +106,17 @@ class LoadedAdapters:
             unet.delete_adapters([name])
             del self.loaded[name]
         assert self.models_dir is not None  # sha256_of checked it
-        self.pipe.load_lora_weights(str(self.models_dir / name), weight_name=LORA_FILE, adapter_name=name)
+        try:
+            check_adapter(adapter_file(self.models_dir, name))  # the header: a clearer reason than the loader's
+            self.pipe.load_lora_weights(str(self.models_dir / name), weight_name=LORA_FILE, adapter_name=name)
+        except Exception as error:  # BrokenAdapter, or what only a real load sees (layer sizes, dtypes)
+            # A load that failed half-way may have added some layers: take them out, so the base model and
+            # the other adapters generate as before.
+            with contextlib.suppress(Exception):
+                unet.delete_adapters([name])
+            reason = " ".join(line.strip() for line in str(error).splitlines()[:2] if line.strip())
+            reason = reason if len(reason) <= 300 else reason[:299] + "…"
+            raise AdapterUnavailable(f"adapter `{name}` could not be loaded: {reason or type(error).__name__}; "
+                                     "a moderator can switch it off with `/model off`") from error
         self.loaded[name] = sha256
         log.info("loaded adapter %s (sha256 %s)", name, sha256[:12])

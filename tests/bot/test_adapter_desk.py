@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from bot.adapters import AdapterDesk, arena_request
 from bot.config import config_from_dict
 from bot.errors import InvalidInput, NotAllowed
 from bot.permissions import Action, Member
+from pipeline.adapters import LORA_FILE
 from pipeline.requests import AdapterRef, GenerationRequest, Mode
 from storage.async_journal import AsyncJournal
 from storage.journal import Journal
@@ -33,11 +38,26 @@ async def journal(tmp_path: Path) -> AsyncIterator[AsyncJournal]:
     await journal.close()
 
 
+LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+
+
+def write_adapter(folder: Path, *, layer: str = LAYER, down: tuple[int, ...] = (4, 32),
+                  up: tuple[int, ...] = (64, 4)) -> Path:
+    """A LoRA file in diffusers' format with one layer (zeros: only the header is ever read here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({f"unet.{layer}.lora.down.weight": np.zeros(down, np.float32),
+               f"unet.{layer}.lora.up.weight": np.zeros(up, np.float32)}, str(folder / LORA_FILE))
+    return folder / LORA_FILE
+
+
 def config(tmp_path: Path, **sections: dict) -> object:
-    models = tmp_path / "models" / "red"
-    models.mkdir(parents=True, exist_ok=True)
-    (models / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
-    return config_from_dict({"storage": {"data_dir": str(tmp_path)}, **sections})
+    """Adapter `red` on a base model whose UNet has one projection, 32 → 64 features (its header is what counts)."""
+    base = tmp_path / "base" / "unet"
+    base.mkdir(parents=True, exist_ok=True)
+    save_file({f"{LAYER}.weight": np.zeros((64, 32), np.float32)}, str(base / "diffusion_pytorch_model.safetensors"))
+    write_adapter(tmp_path / "models" / "red")
+    model = {"id": str(tmp_path / "base"), **sections.pop("model", {})}
+    return config_from_dict({"storage": {"data_dir": str(tmp_path)}, "model": model, **sections})
 
 
 def test_an_arena_request_pairs_secret_seeds_and_shuffles_two_arms() -> None:
@@ -111,3 +131,48 @@ async def test_config_defaults_apply_when_nothing_was_journaled(tmp_path: Path, 
     missing = AdapterDesk(config(tmp_path, model={"adapter": "gone"}), journal, deny)
     await missing.load()
     assert missing.active is None
+
+
+def _cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-10])
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (_cut, "is not a whole safetensors file"),
+    (lambda path: path.write_bytes(os.urandom(path.stat().st_size)), "is not a whole safetensors file"),
+    (lambda path: path.write_bytes(b""), "is not a whole safetensors file"),
+    (lambda path: save_file({"weight": np.zeros(3, np.float32)}, str(path)), "holds no LoRA weights"),
+    (lambda path: write_adapter(path.parent, layer="mid_block.attentions.0.proj_in"),
+     "layer mid_block.attentions.0.proj_in is not in the base model's UNet"),
+    (lambda path: write_adapter(path.parent, down=(4, 48)), "maps 48 → 64 features in the adapter but 32 → 64"),
+    (lambda path: write_adapter(path.parent, up=(64, 8)), "rank 4 in its down matrix but 8 in its up matrix"),
+], ids=["truncated", "random", "empty", "not-lora", "other-layer", "other-size", "ranks"])
+async def test_a_broken_adapter_is_refused_with_the_reason(damage, reason: str, tmp_path: Path,
+                                                           journal: AsyncJournal) -> None:
+    """/model use and /arena start load-check the file: truncated, random or empty bytes, no LoRA weights, layers
+    the base UNet lacks or has at another size are refused with the reason; nothing is journaled (#23.5)."""
+    desk = AdapterDesk(config(tmp_path), journal, deny)
+    await desk.load()
+    await desk.use(MOD, "red", 1.0)  # whole: accepted
+    before = desk.active
+    damage(tmp_path / "models" / "red" / LORA_FILE)
+    with pytest.raises(InvalidInput, match="Adapter `red` cannot be used: ") as raised:
+        await desk.use(MOD, "red", 1.0)
+    assert reason in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(InvalidInput) as arena:
+        await desk.arena_start(MOD, "red", 0.5)
+    assert reason in str(arena.value)
+    assert desk.active == before and desk.arena is None
+    assert [e.record.action for e in await journal.events("moderation")] == ["model_use"]
+
+
+async def test_a_broken_configured_adapter_is_not_served_at_start_up(tmp_path: Path, journal: AsyncJournal,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """[model] adapter naming a truncated file: the base model is served and the log says why (#23.5)."""
+    settings = config(tmp_path, model={"adapter": "red"}, arena={"adapter": "red"})
+    _cut(tmp_path / "models" / "red" / LORA_FILE)
+    desk = AdapterDesk(settings, journal, deny)
+    with caplog.at_level(logging.ERROR, logger="bot.adapters"):
+        await desk.load()
+    assert desk.active is None and desk.arena is None
+    assert "configured adapter 'red' is not usable" in caplog.text and "not a whole safetensors file" in caplog.text

@@ -250,3 +250,31 @@ async def test_a_worker_with_other_weights_refuses_the_job(world: World, start_b
         assert "adapter `red` here has other weights" in answer.original["content"]
         assert not answer.original["attachments"]
         assert not [e for e in await app.journal.events("rounds")]
+
+
+@pytest.mark.slow
+async def test_a_broken_adapter_is_refused_by_model_use_with_the_reason(world: World, start_bot, tmp_path: Path,
+                                                                       tiny_models: TinyModels) -> None:
+    """/model use on a truncated or random-bytes adapter file: the moderator reads why it cannot be used, nothing
+    is journaled, and the next round is an ordinary base-model round, not "Generation failed" (#23.5)."""
+    import os
+
+    data_dir = tmp_path / "data"
+    install_adapter(data_dir, tiny_models)
+    whole = (data_dir / "models" / "red" / "pytorch_lora_weights.safetensors").read_bytes()
+    for name, content in (("cut", whole[:-100]), ("noise", os.urandom(len(whole)))):
+        (data_dir / "models" / name).mkdir(parents=True)
+        (data_dir / "models" / name / "pytorch_lora_weights.safetensors").write_bytes(content)
+    mod = world.server.add_user("mod", permissions=MANAGE_GUILD)
+    async with start_bot() as app:
+        for name in ("cut", "noise"):
+            refused = await slash(world, "model use", {"name": name}, mod)
+            assert f"Adapter `{name}` cannot be used: pytorch_lora_weights.safetensors is not a whole safetensors " \
+                   "file" in text(refused), text(refused)
+        used = await slash(world, "model use", {"name": "red"}, mod)
+        assert "From the next job on, rounds use `red@sha256:" in text(used)
+        await slash(world, "model off", {}, mod)
+        _, plain = await imagine(world, app, world.alice, "a red fox", 5)
+        assert plain.adapter is None
+        actions = [e.record.action for e in await app.journal.events("moderation")]
+        assert actions == ["model_use", "model_off"]

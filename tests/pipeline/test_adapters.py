@@ -103,3 +103,33 @@ def test_a_changed_weights_file_is_hashed_again(tmp_path: Path) -> None:
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert file_sha256(path) == hashlib.sha256(b"other weights").hexdigest()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "other-size"])
+def test_a_broken_file_is_refused_with_the_reason_and_the_base_stays_whole(served: DiffusersGenerator,
+                                                                           models: Path, damage: str) -> None:
+    """A job naming a file that does not load (truncated, random bytes, layers of another size): AdapterUnavailable
+    with the reason, which the user reads, instead of "Generation failed … try again"; the base model's images and
+    the good adapter's stay as they were (#23.5)."""
+    import os
+
+    from safetensors.torch import load_file, save_file
+
+    base, good = served.generate(REQUEST), served.generate(replace(REQUEST, adapter=red(models)))
+    folder = models / f"broken-{damage}"
+    folder.mkdir(exist_ok=True)
+    whole = (models / "red" / "pytorch_lora_weights.safetensors").read_bytes()
+    path = folder / "pytorch_lora_weights.safetensors"
+    if damage == "truncated":
+        path.write_bytes(whole[: len(whole) // 2])
+    elif damage == "random":
+        path.write_bytes(os.urandom(len(whole)))
+    else:
+        tensors = load_file(models / "red" / "pytorch_lora_weights.safetensors")
+        save_file({name: t[:, :-1].contiguous() if ".down." in name else t for name, t in tensors.items()}, path)
+    ref = AdapterRef(folder.name, file_sha256(path))
+    with pytest.raises(AdapterUnavailable, match=f"adapter `{folder.name}` could not be loaded: ") as raised:
+        served.generate(replace(REQUEST, adapter=ref))
+    assert "\n" not in str(raised.value)
+    assert served.generate(REQUEST).images == base.images
+    assert served.generate(replace(REQUEST, adapter=red(models))).images == good.images
