@@ -17,7 +17,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
+from safetensors.numpy import save_file
 
 from bot.config import Config, config_from_dict
 from bot.permissions import Member
@@ -155,6 +157,20 @@ def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
     return config_from_dict(raw)
+
+
+LORA_LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+
+
+def write_lora_file(folder: Path, *, layer: str = LORA_LAYER, down: tuple[int, ...] = (4, 32),
+                    up: tuple[int, ...] = (64, 4)) -> Path:
+    """`<folder>/pytorch_lora_weights.safetensors` in diffusers' LoRA format, one layer of zeros: a whole file
+    for the load check (pipeline/adapter_check.py reads its header), never weights to generate with."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "pytorch_lora_weights.safetensors"
+    save_file({f"unet.{layer}.lora.down.weight": np.zeros(down, np.float32),
+               f"unet.{layer}.lora.up.weight": np.zeros(up, np.float32)}, str(path))
+    return path
 
 
 def make_member(user_id: int, *, moderator: bool = False, roles: Sequence[str] = ()) -> Member:

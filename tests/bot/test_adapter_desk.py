@@ -21,6 +21,7 @@ from pipeline.adapters import LORA_FILE
 from pipeline.requests import AdapterRef, GenerationRequest, Mode
 from storage.async_journal import AsyncJournal
 from storage.journal import Journal
+from tests.helpers import LORA_LAYER, write_lora_file
 
 REQUEST = GenerationRequest(prompt="a fox", seeds=(10, 11, 12, 13), steps=4, guidance=7.5, width=64, height=64)
 MOD, MEMBER = Member(1, manage_guild=True), Member(2)
@@ -38,24 +39,13 @@ async def journal(tmp_path: Path) -> AsyncIterator[AsyncJournal]:
     await journal.close()
 
 
-LAYER = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
-
-
-def write_adapter(folder: Path, *, layer: str = LAYER, down: tuple[int, ...] = (4, 32),
-                  up: tuple[int, ...] = (64, 4)) -> Path:
-    """A LoRA file in diffusers' format with one layer (zeros: only the header is ever read here)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({f"unet.{layer}.lora.down.weight": np.zeros(down, np.float32),
-               f"unet.{layer}.lora.up.weight": np.zeros(up, np.float32)}, str(folder / LORA_FILE))
-    return folder / LORA_FILE
-
-
 def config(tmp_path: Path, **sections: dict) -> object:
     """Adapter `red` on a base model whose UNet has one projection, 32 → 64 features (its header is what counts)."""
     base = tmp_path / "base" / "unet"
     base.mkdir(parents=True, exist_ok=True)
-    save_file({f"{LAYER}.weight": np.zeros((64, 32), np.float32)}, str(base / "diffusion_pytorch_model.safetensors"))
-    write_adapter(tmp_path / "models" / "red")
+    save_file({f"{LORA_LAYER}.weight": np.zeros((64, 32), np.float32)},
+              str(base / "diffusion_pytorch_model.safetensors"))
+    write_lora_file(tmp_path / "models" / "red")
     model = {"id": str(tmp_path / "base"), **sections.pop("model", {})}
     return config_from_dict({"storage": {"data_dir": str(tmp_path)}, "model": model, **sections})
 
@@ -142,10 +132,10 @@ def _cut(path: Path) -> None:
     (lambda path: path.write_bytes(os.urandom(path.stat().st_size)), "is not a whole safetensors file"),
     (lambda path: path.write_bytes(b""), "is not a whole safetensors file"),
     (lambda path: save_file({"weight": np.zeros(3, np.float32)}, str(path)), "holds no LoRA weights"),
-    (lambda path: write_adapter(path.parent, layer="mid_block.attentions.0.proj_in"),
+    (lambda path: write_lora_file(path.parent, layer="mid_block.attentions.0.proj_in"),
      "layer mid_block.attentions.0.proj_in is not in the base model's UNet"),
-    (lambda path: write_adapter(path.parent, down=(4, 48)), "maps 48 → 64 features in the adapter but 32 → 64"),
-    (lambda path: write_adapter(path.parent, up=(64, 8)), "rank 4 in its down matrix but 8 in its up matrix"),
+    (lambda path: write_lora_file(path.parent, down=(4, 48)), "maps 48 → 64 features in the adapter but 32 → 64"),
+    (lambda path: write_lora_file(path.parent, up=(64, 8)), "rank 4 in its down matrix but 8 in its up matrix"),
 ], ids=["truncated", "random", "empty", "not-lora", "other-layer", "other-size", "ranks"])
 async def test_a_broken_adapter_is_refused_with_the_reason(damage, reason: str, tmp_path: Path,
                                                            journal: AsyncJournal) -> None:

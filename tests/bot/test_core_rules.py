@@ -15,7 +15,7 @@ from bot.refinement import choose_candidate
 from bot.tickets import Origin
 from pipeline.jobs import JobState
 from storage.records import ModerationAction
-from tests.helpers import core_service, make_config, make_member
+from tests.helpers import core_service, make_config, make_member, write_lora_file
 
 ALICE, BOB, MOD = 11, 12, 13
 ONE, TWO, NONE = "1️⃣", "2️⃣", "❌"
@@ -122,9 +122,7 @@ async def test_only_the_requester_or_a_moderator_cancels_and_a_moderator_is_on_t
 async def test_a_prompt_becomes_a_journaled_round_with_the_adapter_in_use(tmp_path: Path) -> None:
     """imagine: the queue runs the request, the round is journaled with its seeds; with an adapter in use the
     generator is asked for it and the round records it."""
-    folder = tmp_path / "models" / "red"
-    folder.mkdir(parents=True)
-    (folder / "pytorch_lora_weights.safetensors").write_bytes(b"weights")
+    write_lora_file(tmp_path / "models" / "red")  # whole: /model use load-checks it (#23.5)
     async with core_service(tmp_path) as core:
         origin = Origin(ALICE, 7, None, "slash")
 
