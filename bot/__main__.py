@@ -72,10 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--config", type=Path, default=None)
 
     from bot.arena_cli import add_parser as add_arena_parser
+    from bot.toy_cli import add_parser as add_toy_parser
     from bot.train import add_parser as add_train_parser
 
     add_train_parser(commands)
     add_arena_parser(commands)
+    add_toy_parser(commands)
     add_log_level(parser)  # last: on every sub-command too, before or after its name
 
     args = parse(parser, argv)
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             from bot.train import run_train
 
             return run_train(args, _config(args.config))
+        if args.command == "toy-model":
+            from bot.toy_cli import run_toy_model
+
+            return run_toy_model(args)
     except ConfigError as exc:
         print(f"refinery: configuration error: {exc}", file=sys.stderr)
         return 2
