@@ -24,7 +24,8 @@ log = logging.getLogger("refinery")
 _STOP_SLACK_S = 10.0  # beyond the bounded stages of a stop (see _serve)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `refinery` command line: every sub-command and its options (the tests walk it)."""
     parser = argparse.ArgumentParser(prog="refinery", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -79,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     add_arena_parser(commands)
     add_toy_parser(commands)
     add_log_level(parser)  # last: on every sub-command too, before or after its name
+    return parser
 
-    args = parse(parser, argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(build_parser(), argv)
     # No tqdm monitor thread: a daemon thread still alive while the interpreter finalises (with torch's
     # native libraries loaded) can crash the exit of a command that has done its work.
     import tqdm

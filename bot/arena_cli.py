@@ -13,7 +13,7 @@ from bot.config import Config
 def add_parser(commands: Any) -> None:
     arena = commands.add_parser("arena", help="blinded A/B rounds: is the adapter preferred?")
     sub = arena.add_subparsers(dest="arena_command", required=True)
-    report = sub.add_parser("report", help="rounds the adapter led, 95 % interval, sign test, rounds still needed")
+    report = sub.add_parser("report", help="rounds the adapter led, 95 %% interval, sign test, rounds still needed")
     report.add_argument("--name", help="only this adapter (default: every adapter that had arena rounds)")
     report.add_argument("--config", type=Path, default=None)
 

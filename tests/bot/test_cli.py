@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,3 +97,28 @@ def test_demo_with_an_unwritable_out_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("refinery")]
     assert lines == [f"refinery demo: Not a directory: {tmp_path / 'a-file' / 'out'} (--log-level debug shows where)"]
+
+
+def _command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every sub-command under `parser`, as the words that name it (`("arena", "report")`)."""
+    found = [path]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += _command_paths(sub, (*path, name))
+    return found
+
+
+def test_every_sub_command_has_a_help_page(capsys: pytest.CaptureFixture[str]) -> None:
+    """`refinery --help` and `--help` of every sub-command, found by walking the parser (so a new one is
+    checked too), print their usage and exit 0 (a literal % in a help text once crashed `arena --help`)."""
+    from bot.__main__ import build_parser, main
+
+    paths = _command_paths(build_parser())
+    assert ("arena",) in paths and ("arena", "report") in paths and ("log", "status") in paths
+    for path in paths:
+        with pytest.raises(SystemExit) as done:
+            main([*path, "--help"])
+        out = capsys.readouterr().out
+        assert done.value.code == 0, path
+        assert out.startswith(f"usage: {' '.join(('refinery', *path))} "), (path, out[:200])
