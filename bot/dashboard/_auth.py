@@ -61,7 +61,7 @@ class Signer:
     def open(self, purpose: str, token: str) -> list[str] | None:
         """The payload's dot-separated fields if `token` was signed here for `purpose`, else None."""
         payload, _, mac = token.rpartition(".")
-        if not payload or not hmac.compare_digest(mac, self.sign(purpose, payload)):
+        if not payload or not _same_token(mac, self.sign(purpose, payload)):
             return None
         return payload.split(".")
 
@@ -104,7 +104,13 @@ def csrf_token(signer: Signer, identity: Identity) -> str:
 
 
 def csrf_ok(signer: Signer, identity: Identity, given: str | None) -> bool:
-    return bool(given) and hmac.compare_digest(str(given), csrf_token(signer, identity))
+    return bool(given) and _same_token(str(given), csrf_token(signer, identity))
+
+
+def _same_token(given: str, expected: str) -> bool:
+    """Constant-time equality. Our tokens are ASCII: anything else is a forgery, and must be refused before
+    compare_digest, which raises TypeError on a non-ASCII str (a 500 instead of a 403)."""
+    return given.isascii() and hmac.compare_digest(given, expected)
 
 
 class LoginLedger:

@@ -255,3 +255,26 @@ async def _has_child(app: Any, parent: str) -> bool:
 
 async def _gone(world: World, message_id: int) -> bool:
     return message_id not in {int(m["id"]) for m in world.server.channel_messages(world.imagine)}
+
+
+async def test_non_ascii_tokens_are_refused_as_forged(world: World, start_bot) -> None:
+    """A login link, session cookie or CSRF token with non-ASCII characters is refused as a forged one is
+    (403; a GET without a valid session goes to /welcome), never a 500."""
+    async with start_bot() as app:
+        base, round_id = app.dashboard.base_url, "0123456789ab"
+        status, page, _ = await get(yarl.URL(f"{base}/login?t=%C3%A9.%C3%A9", encoded=True))
+        assert status == 403 and "Login refused" in page
+        status, page, _ = await post(f"{base}/login", {"t": "é.é"})
+        assert status == 403 and "Login refused" in page
+        for forged in ("é.é", f"{world.server.owner_id}.{world.server.guild_id}.9999999999.é.é"):
+            status, _, response = await get(f"{base}/rounds", headers={"Cookie": f"{COOKIE}={forged}"})
+            assert status == 303 and response.headers["Location"] == "/welcome", forged
+            status, page, _ = await post(f"{base}/rounds/{round_id}/flag", {"csrf": "é"},
+                                         headers={"Cookie": f"{COOKIE}={forged}"})
+            assert status == 403 and "Not signed in" in page, forged
+        cookies = await log_in(await login_link(world, world.server.owner_id))
+        for csrf in ("é", "é" * 43, "ü.ü"):
+            status, page, _ = await post(f"{base}/rounds/{round_id}/flag", {"csrf": csrf}, cookies=cookies)
+            assert status == 403 and "Nothing was changed" in page, csrf
+        assert not await app.journal.events("moderation")
+
