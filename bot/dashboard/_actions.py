@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import tempfile
 import time
 import zipfile
@@ -27,6 +28,10 @@ from storage.exports import FORMATS
 from ._web import dashboard_of, member_of, refuse, render, see_other
 
 _CHUNK = 1 << 20
+# Where a form may send the browser back to: "/" and printable ASCII without a space or a backslash, the
+# second character not "/". Browsers read /\host, //host and /<tab>/host as another host (they drop tabs
+# and newlines and read a backslash as a slash), so each of those would be an open redirect.
+SAME_SITE_PATH = re.compile(r"/(?![/\\])[!-\[\]-~]*")
 
 
 def _when(at: float | None) -> str:
@@ -39,9 +44,9 @@ def _text(form: Any, name: str) -> str:
 
 
 def _back(form: Any, default: str) -> str:
-    """Where a form returns to: a path on this site only (never `//elsewhere`)."""
+    """Where a form returns to: a path on this site only, else `default`."""
     target = _text(form, "next")
-    return target if target.startswith("/") and not target.startswith("//") else default
+    return target if SAME_SITE_PATH.fullmatch(target) else default
 
 
 def _failed(request: web.Request, error: RefineryError) -> web.Response:

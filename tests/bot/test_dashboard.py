@@ -278,3 +278,25 @@ async def test_non_ascii_tokens_are_refused_as_forged(world: World, start_bot) -
             assert status == 403 and "Nothing was changed" in page, csrf
         assert not await app.journal.events("moderation")
 
+
+async def test_a_form_returns_only_to_a_path_on_this_site(world: World, start_bot) -> None:
+    """flag/unflag follow `next` only when it is a path on this site (one leading /, no backslash, no control
+    character or space); anything a browser could read as another host returns to the round's page."""
+    async with start_bot() as app:
+        base = app.dashboard.base_url
+        _, round_id = await make_round(world, app, world.alice, "a red fox")
+        cookies = await log_in(await login_link(world, world.server.owner_id))
+        _, page, _ = await get(f"{base}/rounds/{round_id}", cookies=cookies)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        away = ("/\\evil.example/", "/\t/evil.example/", "//evil.example/", "/\\/evil.example/", "\\\\evil.example",
+                "https://evil.example/", "/\n/evil.example/", "/\r\n/evil.example", "/\x00/evil.example",
+                "/\x7f/evil.example", "evil.example", "/ /evil.example", "/\u3000/evil.example", "javascript:x")
+        for i, target in enumerate(away):
+            action = "flag" if i % 2 == 0 else "unflag"
+            status, _, response = await post(f"{base}/rounds/{round_id}/{action}", {"csrf": csrf, "next": target},
+                                             cookies=cookies)
+            assert status == 303 and response.headers["Location"] == f"/rounds/{round_id}", repr(target)
+        for target in ("/rounds", "/rounds?mode=img2img&before=2", f"/rounds/{round_id}#plan"):
+            status, _, response = await post(f"{base}/rounds/{round_id}/flag", {"csrf": csrf, "next": target},
+                                             cookies=cookies)
+            assert status == 303 and response.headers["Location"] == target
