@@ -3,8 +3,10 @@
 The key is REFINERY_DASHBOARD_KEY, or 32 random bytes per start (then every link and session ends at a
 restart). Each purpose signs under its own prefix, so a login token is never a valid session or CSRF
 token. A login link carries (user, guild, expiry, nonce); the nonce is claimed in a small SQLite ledger
-on first use, so a link works once even across restarts with a fixed key. Nothing here is logged:
-a link or cookie in a log line would be a login for whoever reads the log.
+on first use, so a link works once even across restarts with a fixed key. A signed session cookie opens
+pages only while its session is in the session ledger (same file): logging out removes it there, so a
+copy of the cookie dies with it. Nothing here is logged: a link or cookie in a log line would be a login
+for whoever reads the log.
 """
 
 from __future__ import annotations
@@ -130,6 +132,56 @@ class LoginLedger:
             except sqlite3.IntegrityError:
                 return False
             return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class SessionLedger:
+    """The sessions that have not been ended: a signed cookie alone proves only that the bot once made it.
+
+    Writes are blocking (call them in a thread); `live` and `count` read a copy kept in memory, so the check
+    on every request costs no I/O. A write replaces that copy whole instead of changing it, so the event
+    loop never reads a dict while a thread changes it. Expired sessions are dropped as new ones start."""
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS sessions(session_id TEXT PRIMARY KEY, user_id INTEGER NOT NULL, "
+                         "guild_id INTEGER NOT NULL, expires_at REAL NOT NULL)")
+        self._db.execute("DELETE FROM sessions WHERE expires_at < ?", (time.time(),))
+        self._live: dict[str, tuple[int, int, float]] = {
+            sid: (user, guild, expires) for sid, user, guild, expires in self._db.execute("SELECT * FROM sessions")}
+
+    def add(self, identity: Identity) -> None:
+        with self._lock:
+            now = time.time()
+            self._db.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
+            self._db.execute("INSERT INTO sessions VALUES (?, ?, ?, ?)",
+                             (identity.session_id, identity.user_id, identity.guild_id, identity.expires_at))
+            live = {sid: row for sid, row in self._live.items() if row[2] >= now}
+            self._live = live | {identity.session_id: (identity.user_id, identity.guild_id, identity.expires_at)}
+
+    def live(self, identity: Identity) -> bool:
+        found = self._live.get(identity.session_id)
+        return found is not None and found[:2] == (identity.user_id, identity.guild_id)
+
+    def count(self, user_id: int, now: float) -> int:
+        """The user's sessions that have not ended or expired (in any guild)."""
+        return sum(1 for user, _, expires in self._live.values() if user == user_id and expires > now)
+
+    def end(self, session_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM sessions WHERE session_id = ?", (session_id,))
+            self._live = {sid: row for sid, row in self._live.items() if sid != session_id}
+
+    def end_user(self, user_id: int) -> int:
+        """End every session of the user, in every guild ("log out everywhere"); how many there were."""
+        with self._lock:
+            ended = self._db.execute("DELETE FROM sessions WHERE user_id = ?", (user_id,)).rowcount
+            self._live = {sid: row for sid, row in self._live.items() if row[0] != user_id}
+            return ended
 
     def close(self) -> None:
         with self._lock:

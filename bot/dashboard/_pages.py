@@ -19,7 +19,7 @@ from pipeline.requests import Mode
 from storage.round_index import GalleryFilter, RoundRow
 
 from ._svg import MAX_DESCENDANTS, NODE_H, NODE_W, bar_chart, last_days, lineage_tree
-from ._web import dashboard_of, render
+from ._web import IDENTITY, dashboard_of, render
 
 ACTIVITY_DAYS = 30
 
@@ -133,7 +133,8 @@ async def status(request: web.Request) -> web.Response:
     adapters = dash.service.adapters
     return render(request, "status.html", s=snapshot, writer=dash.writer_status(), listing=listing,
                   model=dash.config.model.id, adapter=adapters.active, arena=adapters.arena,
-                  redis=bool(dash.config.queue.redis_url), when=_when)
+                  redis=bool(dash.config.queue.redis_url), when=_when,
+                  sessions=dash.sessions.count(request[IDENTITY].user_id, dash.clock()))
 
 
 async def adapters_page(request: web.Request) -> web.Response:

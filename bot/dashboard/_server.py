@@ -30,7 +30,7 @@ from storage.round_index import RoundIndex
 from storage.writer_process import WriterProcess
 from storage.writer_settings import STATUS_FILE, lag_threshold_s
 
-from ._auth import Identity, LoginLedger, Signer, login_token
+from ._auth import Identity, LoginLedger, SessionLedger, Signer, login_token
 from ._metrics import Metrics, Snapshot
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Dashboard:
         self.pseudonyms = Pseudonymiser(self.signer.derive("pseudonyms"))
         self.index = RoundIndex(config.data_dir / "dashboard.sqlite3", config.journal_path)
         self.ledger = LoginLedger(config.data_dir / "dashboard-logins.sqlite3")
+        self.sessions = SessionLedger(config.data_dir / "dashboard-logins.sqlite3")
         self.metrics = Metrics()
         self.templates = jinja2.Environment(loader=jinja2.PackageLoader("bot.dashboard", "templates"),
                                             autoescape=True, undefined=jinja2.StrictUndefined)
@@ -110,6 +111,7 @@ class Dashboard:
         async with self._catch_up_lock:
             await asyncio.to_thread(self.index.close)
         self.ledger.close()
+        self.sessions.close()
 
     @property
     def running(self) -> bool:

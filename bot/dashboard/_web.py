@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import re
 from collections import OrderedDict
 from importlib import resources
@@ -23,6 +24,7 @@ from bot.permissions import Member, is_moderator
 from ._auth import COOKIE, Identity, LoginRefused, csrf_ok, csrf_token, read_login, read_session, session_cookie
 from ._server import Dashboard
 
+log = logging.getLogger(__name__)
 DASHBOARD = web.AppKey("dashboard", Dashboard)
 IDENTITY = web.RequestKey("identity", Identity)
 MEMBER = web.RequestKey("member", Member)
@@ -69,6 +71,8 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         return await handler(request)
     dash = dashboard_of(request)
     identity = read_session(dash.signer, request.cookies.get(COOKIE, ""), dash.clock())
+    if identity is not None and not dash.sessions.live(identity):
+        identity = None  # logged out (here or everywhere): its signature alone opens nothing
     if identity is None:
         if request.method in ("GET", "HEAD"):
             raise web.HTTPSeeOther("/welcome")
@@ -128,7 +132,8 @@ async def login(request: web.Request) -> web.StreamResponse:
     if not await asyncio.to_thread(dash.ledger.claim, nonce, expires):
         return refuse(request, 403, "Login refused", "This login link was already used: each link works once. "
                       "Run /dashboard in Discord for a new one.")
-    value, _ = session_cookie(dash.signer, user_id, guild_id, dash.clock(), dash.settings.session_hours)
+    value, identity = session_cookie(dash.signer, user_id, guild_id, dash.clock(), dash.settings.session_hours)
+    await asyncio.to_thread(dash.sessions.add, identity)
     response = see_other("/rounds")
     response.set_cookie(COOKIE, value, max_age=int(dash.settings.session_hours * 3600), httponly=True,
                         samesite="Strict", secure=dash.secure_cookies, path="/")
@@ -136,6 +141,20 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
+    """End this session on the server too: deleting the cookie alone would leave any copy of it working."""
+    await asyncio.to_thread(dashboard_of(request).sessions.end, request[IDENTITY].session_id)
+    return _logged_out()
+
+
+async def logout_everywhere(request: web.Request) -> web.StreamResponse:
+    """End every session of this moderator, in every browser (a lost laptop, a shared computer)."""
+    user_id = request[IDENTITY].user_id
+    ended = await asyncio.to_thread(dashboard_of(request).sessions.end_user, user_id)
+    log.info("dashboard: user %s logged out everywhere (%d sessions ended)", user_id, ended)
+    return _logged_out()
+
+
+def _logged_out() -> web.StreamResponse:
     response = see_other("/welcome")
     response.del_cookie(COOKIE, path="/")
     return response
@@ -219,6 +238,7 @@ def build_app(dash: Dashboard) -> web.Application:
     app.add_routes([
         web.get("/healthz", healthz), web.get("/metrics", metrics), web.get("/welcome", welcome),
         web.get("/login", login_page), web.post("/login", login), web.post("/logout", logout),
+        web.post("/logout/everywhere", logout_everywhere),
         web.get("/static/dashboard.css", stylesheet),
         web.get("/images/{round_id}/{name}", image), web.get("/thumbs/{round_id}/{name}", thumbnail),
         *page_routes(), *action_routes(),

@@ -9,13 +9,14 @@ import re
 import time
 import zipfile
 from http.cookies import SimpleCookie
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yarl
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.dashboard._auth import COOKIE, login_token
+from bot.dashboard._auth import COOKIE, Identity, SessionLedger, login_token
 from tests.cogs.test_export import make_round, slash, until
 from tests.conftest import World
 
@@ -300,3 +301,57 @@ async def test_a_form_returns_only_to_a_path_on_this_site(world: World, start_bo
             status, _, response = await post(f"{base}/rounds/{round_id}/flag", {"csrf": csrf, "next": target},
                                              cookies=cookies)
             assert status == 303 and response.headers["Location"] == target
+
+
+def _csrf(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found, page[-2000:]
+    return found.group(1)
+
+
+async def test_logout_ends_the_session_on_the_server(world: World, start_bot) -> None:
+    """After POST /logout the same cookie opens nothing (the session ends on the server, not only in the
+    browser); "log out everywhere" ends every session of that moderator and no one else's."""
+    server, owner = world.server, world.server.owner_id
+    carol = server.add_user("carol", roles=[server.add_role("Mods")])
+    async with start_bot({"moderation": {"moderator_roles": ["Mods"]}}) as app:
+        base = app.dashboard.base_url
+        first, second = [await log_in(await login_link(world, owner)) for _ in range(2)]
+        other = await log_in(await login_link(world, carol))
+        status, page, _ = await get(f"{base}/rounds", cookies=first)
+        assert status == 200
+        status, _, response = await post(f"{base}/logout", {"csrf": _csrf(page)}, cookies=first)
+        assert status == 303 and response.headers["Location"] == "/welcome"
+        status, _, response = await get(f"{base}/rounds", cookies=first)  # the cookie as an attacker kept it
+        assert status == 303 and response.headers["Location"] == "/welcome"
+        status, page, _ = await post(f"{base}/rounds/0123456789ab/flag", {"csrf": _csrf(page)}, cookies=first)
+        assert status == 403 and "Not signed in" in page
+        assert (await get(f"{base}/rounds", cookies=second))[0] == 200  # another browser stays signed in
+
+        third = await log_in(await login_link(world, owner))
+        status, page, _ = await get(f"{base}/status", cookies=third)
+        assert status == 200 and "signed in to the dashboard in 2 browsers" in page
+        assert 'action="/logout/everywhere"' in page
+        status, _, response = await post(f"{base}/logout/everywhere", {"csrf": _csrf(page)}, cookies=third)
+        assert status == 303 and response.headers["Location"] == "/welcome"
+        for cookies in (second, third):
+            status, _, response = await get(f"{base}/rounds", cookies=cookies)
+            assert status == 303 and response.headers["Location"] == "/welcome"
+        assert (await get(f"{base}/rounds", cookies=other))[0] == 200  # carol's session is hers
+
+
+def test_sessions_outlive_a_restart_and_so_do_logouts(tmp_path: Path) -> None:
+    """The session ledger is on disk: with a fixed REFINERY_DASHBOARD_KEY a restart keeps who is signed in,
+    and a session ended before the restart stays ended."""
+    path, now = tmp_path / "dashboard-logins.sqlite3", time.time()
+    kept, ended = (Identity(7, 1, now + 3600, f"session-{i}") for i in range(2))
+    ledger = SessionLedger(path)
+    ledger.add(kept)
+    ledger.add(ended)
+    ledger.end(ended.session_id)
+    ledger.close()
+    again = SessionLedger(path)
+    assert again.live(kept) and not again.live(ended) and again.count(7, now) == 1
+    assert not again.live(Identity(8, 1, now + 3600, kept.session_id))  # the id belongs to user 7 only
+    assert again.end_user(7) == 1 and not again.live(kept)
+    again.close()
