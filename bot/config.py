@@ -246,6 +246,8 @@ class DashboardConfig:
     session_hours: float = 12.0  # a login lasts this long
     permission_cache_s: float = 60.0  # a moderator demoted in Discord loses access within this time
     page_size: int = 24  # rounds per gallery page
+    idle_timeout_s: float = 15.0  # a socket without a whole request header this long is closed (keep-alive too)
+    body_timeout_s: float = 30.0  # a request body not all there this long is answered 408
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -261,6 +263,8 @@ class DashboardConfig:
         _in_range("dashboard.session_hours", self.session_hours, 0.01, 24 * 90)
         _in_range("dashboard.permission_cache_s", self.permission_cache_s, 0.0, 3600.0)
         _in_range("dashboard.page_size", self.page_size, 1, 200)
+        _in_range("dashboard.idle_timeout_s", self.idle_timeout_s, 0.1, 3600.0)
+        _in_range("dashboard.body_timeout_s", self.body_timeout_s, 0.1, 3600.0)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from storage.writer_process import WriterProcess
 from storage.writer_settings import STATUS_FILE, lag_threshold_s
 
 from ._auth import Identity, LoginLedger, SessionLedger, Signer, login_token
+from ._limits import server_options
 from ._metrics import Metrics, Snapshot
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class Dashboard:
         """Bind `[dashboard] listen`. A port in use is logged, not fatal: the bot matters more."""
         from ._web import build_app  # the routes import this module
 
-        runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0)
+        runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0, **server_options(self.settings))
         await runner.setup()
         host, port = self.settings.host_port
         try:

@@ -22,6 +22,7 @@ from PIL import Image
 from bot.permissions import Member, is_moderator
 
 from ._auth import COOKIE, Identity, LoginRefused, csrf_ok, csrf_token, read_login, read_session, session_cookie
+from ._limits import MAX_BODY_BYTES, body_limits
 from ._server import Dashboard
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,8 @@ def build_app(dash: Dashboard) -> web.Application:
     from ._actions import routes as action_routes
     from ._pages import routes as page_routes
 
-    app = web.Application(middlewares=[guard], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[body_limits(dash.settings.body_timeout_s), guard],
+                          client_max_size=MAX_BODY_BYTES)
     app[DASHBOARD] = dash
     app[THUMBS] = Thumbnails()
     app.on_response_prepare.append(_security_headers)

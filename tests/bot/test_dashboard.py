@@ -4,7 +4,9 @@ sessions, CSRF, the permission re-check and the image routes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
 import re
 import time
 import zipfile
@@ -355,3 +357,94 @@ def test_sessions_outlive_a_restart_and_so_do_logouts(tmp_path: Path) -> None:
     assert not again.live(Identity(8, 1, now + 3600, kept.session_id))  # the id belongs to user 7 only
     assert again.end_user(7) == 1 and not again.live(kept)
     again.close()
+
+
+async def _until_closed(reader: asyncio.StreamReader, limit_s: float) -> tuple[bytes, float]:
+    """What the server sends until it closes the socket, and how long that took (fails past `limit_s`)."""
+    started, got = time.monotonic(), b""
+    try:
+        async with asyncio.timeout(limit_s):
+            while chunk := await reader.read(65536):
+                got += chunk
+    except TimeoutError:
+        raise AssertionError(f"the server held the socket over {limit_s} s (sent {got[:80]!r})") from None
+    except ConnectionResetError:
+        pass
+    return got, time.monotonic() - started
+
+
+async def test_idle_slow_and_oversized_requests_are_cut_off(world: World, start_bot) -> None:
+    """Sockets that send no request, a header a byte at a time, a body declared over the limit or a body that
+    stops coming are answered (413, 408) or closed within [dashboard] idle_timeout_s / body_timeout_s."""
+    async with start_bot({"dashboard": {"idle_timeout_s": 0.5, "body_timeout_s": 0.5}}) as app:
+        port = app.dashboard.port
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(50)]
+        for reader, writer in idle:
+            assert (await _until_closed(reader, 3.0))[0] == b""
+            writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        dripping = asyncio.create_task(_until_closed(reader, 3.0))
+        with contextlib.suppress(ConnectionError):
+            while not dripping.done():  # one byte of a header every 0.1 s: never a whole request
+                writer.write(b"X")
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        assert not (await dripping)[0].startswith(b"HTTP/1.1 200")
+        writer.close()
+
+        form = b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        for length, status in ((10737418240, b"413"), (100, b"408")):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(form + b"Content-Length: %d\r\n\r\nt=abc" % length)
+            got, _ = await _until_closed(reader, 4.0)
+            assert got.startswith(b"HTTP/1.1 " + status), (length, got[:200])
+            writer.close()
+        status, _, _ = await get(f"{app.dashboard.base_url}/welcome")
+        assert status == 200  # and the server still serves
+
+
+async def test_malformed_and_aborted_requests_log_one_quiet_line(world: World, start_bot, caplog) -> None:
+    """Parser errors (a bad method, a header without a colon, a line too long, a bad chunk, a broken form) and
+    clients gone mid-body write no ERROR, WARNING or traceback, and get no 500: one DEBUG line counts them,
+    at most once a minute."""
+    caplog.set_level(logging.DEBUG)
+    bad = [b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", b"GET / HTTP/1.1\r\nHost x\r\n\r\n",
+           b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+           b"GET /welcome HTTP/1.1\r\nHost: x\r\n\r\nBAD\x00 / HTTP/1.1\r\n\r\n",
+           b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
+           b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+           b"Content-Length: 24\r\n\r\n--y\r\nnonsense\r\n\r\n--x--\r\n"]
+    async with start_bot() as app:
+        port = app.dashboard.port
+        for data in bad * 3:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(data)
+            got = await asyncio.wait_for(reader.read(65536), 5.0)  # the answer's start, or b"" once closed
+            assert b" 500 " not in got.split(b"\r\n", 1)[0], (data[:60], got[:200])
+            writer.close()
+        for _ in range(10):  # a form that stops half-way: the client goes away
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                         b"Content-Length: 1000\r\n\r\nt=abc")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.close()
+        await asyncio.sleep(0.5)
+        status, _, _ = await get(f"{app.dashboard.base_url}/welcome")
+        assert status == 200
+
+        async def broken() -> None:
+            raise RuntimeError("a bug of the dashboard's own")
+        app.dashboard.snapshot = broken  # a fault of ours is still an ERROR with its traceback
+        assert (await get(f"{app.dashboard.base_url}/healthz"))[0] == 500
+    ours = [r for r in caplog.records if r.name.startswith(("aiohttp", "bot.dashboard"))]
+    loud = [(r.name, r.levelname, r.exc_info[1] if r.exc_info else None) for r in ours
+            if r.levelno >= logging.WARNING or r.exc_info]
+    assert [(name, level, str(error)) for name, level, error in loud] == [
+        ("aiohttp.server", "ERROR", "a bug of the dashboard's own")], loud
+    quiet = [r.getMessage() for r in ours if "malformed or aborted" in r.getMessage()]
+    assert len(quiet) == 1 and quiet[0].startswith("dashboard: 1 malformed or aborted request since start-up (the "
+                                                   "latest: "), quiet
+    assert "\n" not in quiet[0]
