@@ -1,8 +1,8 @@
 """Building an export folder: the log replayed, each round offered to every chosen format.
 
 The folder is built beside `out` and renamed into place, so a half-written export never looks
-finished. Images are copied once (rows and formats share them); the kto folder hard-links its images
-where the file system allows (Oxen stores identical files once either way).
+finished. Images are copied once (rows and formats share them); formats whose rows carry the image
+itself (pairs, kto, ...) read each file once per round.
 """
 
 from __future__ import annotations
@@ -66,10 +66,10 @@ class _Sink:
     def __init__(self, path: Path, fmt: Format) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.fmt, self.count = path, fmt, 0
-        self.batch = 64 if any(t == pa.binary() for _, t, _ in fmt.columns) else 1024
-        self.parquet = None if fmt.csv else pq.ParquetWriter(path, fmt.schema)
+        holds_images = any(pa.types.is_binary(t) or pa.types.is_struct(t) for _, t, _ in fmt.columns)
+        self.batch = 64 if holds_images else 1024
+        self.parquet = pq.ParquetWriter(path, fmt.schema)
         self.rows: list[dict[str, Any]] = []
-        self.tables: list[pa.Table] = []  # CSV: small rows, written once at close
 
     def add(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -79,17 +79,12 @@ class _Sink:
 
     def flush(self) -> None:
         if self.rows:
-            table = pa.Table.from_pylist(self.rows, schema=self.fmt.schema)
-            self.tables.append(table) if self.parquet is None else self.parquet.write_table(table)
+            self.parquet.write_table(pa.Table.from_pylist(self.rows, schema=self.fmt.schema))
             self.rows = []
 
     def close(self) -> None:
         self.flush()
-        if self.parquet is not None:
-            self.parquet.close()
-        else:
-            pacsv.write_csv(pa.concat_tables(self.tables) if self.tables else self.fmt.schema.empty_table(),
-                            self.path)
+        self.parquet.close()
 
 
 class Builder:
@@ -120,16 +115,9 @@ class Builder:
             self.copied.add(dest)
         return dest
 
-    def link(self, rnd: Round, k: int, dest: str) -> str:
-        """A second name for candidate k inside the export (the kto folder must hold its own images)."""
-        if dest not in self.copied:
-            (self.folder / dest).parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(self.folder / self.copy(rnd, k), self.folder / dest)
-            except OSError:  # no hard links here: a copy
-                shutil.copyfile(self.data_dir / rnd.image_paths[k - 1], self.folder / dest)
-            self.copied.add(dest)
-        return dest
+    def png(self, rnd: Round, k: int) -> bytes:
+        """Candidate k's file as it is (a PNG), for a row that carries its image."""
+        return (self.data_dir / rnd.image_paths[k - 1]).read_bytes()
 
     def jpeg(self, rnd: Round, k: int) -> bytes:
         key = (rnd.round_id, k)

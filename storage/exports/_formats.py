@@ -7,6 +7,7 @@ The CLI, the slash command, the dataset card and the Hugging Face `configs:` hea
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
     from storage.exports._build import Builder, RoundView
 
 _S, _I, _F, _B, _BYTES = pa.string(), pa.int64(), pa.float64(), pa.bool_(), pa.binary()
+# Hugging Face `datasets`' Image feature as Arrow stores it: the file's bytes and a name.
+_IMAGE = pa.struct([("bytes", _BYTES), ("path", _S)])
 Column = tuple[str, pa.DataType, str]
 
 
@@ -33,11 +36,16 @@ class Format:
     rules: str  # what a row is and which rounds make rows: the dataset card's paragraph
     rows: Callable[[Builder, RoundView], int]  # adds the round's rows, returns how many
     data_files: str  # for the card's `configs:` header (load_dataset(folder, name))
-    csv: bool = False  # the table is a CSV (imagefolder metadata) rather than Parquet
 
     @property
     def schema(self) -> pa.Schema:
-        return pa.schema([(n, t) for n, t, _ in self.columns])
+        """The table's Arrow schema. Image columns carry `datasets`' feature in the schema's metadata, as
+        `datasets` itself writes it, so that load_dataset decodes them into images."""
+        schema = pa.schema([(n, t) for n, t, _ in self.columns])
+        images = {n: {"_type": "Image"} for n, t, _ in self.columns if t == _IMAGE}
+        if not images:
+            return schema
+        return schema.with_metadata({"huggingface": json.dumps({"info": {"features": images}})})
 
 
 def winner_side(winner_uid: str, loser_uid: str, salt: str = "") -> int:
@@ -120,8 +128,8 @@ def _kto(b: Builder, v: RoundView) -> int:
     for k, net in enumerate(v.net, start=1):
         picked = sum(k in chosen for chosen in v.voters.values())
         reason = "picked" if net > 0 else "rejected" if rejected else "not_picked"
-        name = b.link(v.rnd, k, f"kto/images/{v.rnd.round_id}/{k}.png")
-        b.add("kto", {"file_name": name.removeprefix("kto/"), "caption": v.prompt, "label": int(net > 0),
+        image = {"bytes": b.png(v.rnd, k), "path": f"{v.rnd.round_id}-{k}.png"}
+        b.add("kto", {"image": image, "caption": v.prompt, "label": int(net > 0),
                       "reason": reason, "picks": picked, "net_votes": net, "round_id": v.rnd.round_id,
                       "candidate": k, "mode": v.rnd.mode, "model_id": candidate_model(v.rnd, k)})
     return v.n
@@ -236,8 +244,9 @@ FORMATS_IN_ORDER: tuple[Format, ...] = (
     ), "One row per (round, voter) whose final votes name exactly one candidate of a four-candidate round; "
        'several picks (see pairs) or only "none is good" (see ratings) give no row.', _rankings,
        "rankings/train.parquet"),
-    Format("kto", "kto/metadata.csv", (
-        ("file_name", _S, "the image, relative to kto/ (the imagefolder loader's column)"),
+    Format("kto", "kto/train-00000-of-00001.parquet", (
+        ("image", _IMAGE, "the candidate's PNG (bytes and a name, `<round_id>-<k>.png`): `datasets` decodes it "
+                          "into an image"),
         ("caption", _S, "the prompt that made the image"),
         ("label", _I, "1: desirable (net_votes > 0), 0: undesirable"),
         ("reason", _S, 'picked (label 1); rejected (a voter of the round said "none is good" and net_votes <= 0); '
@@ -249,10 +258,10 @@ FORMATS_IN_ORDER: tuple[Format, ...] = (
         ("mode", _S, "text2img or img2img"),
         ("model_id", _S, "model that made the image"),
     ), "One row per image of every exported, captioned round with at least one voter: per-image binary feedback "
-       "for Diffusion-KTO (the second seed document's 👍/👎 shape). Load with `load_dataset(\"imagefolder\", "
-       "data_dir=\"kto\")`. Undesirable means never picked by the round's voters, or rejected with ❌; the "
-       "`reason` column says which. The classes are unbalanced: sample them evenly when training.", _kto,
-       "kto/**", csv=True),
+       "for Diffusion-KTO (the second seed document's 👍/👎 shape); the image is in the row, as in the pair "
+       "formats. Undesirable means never picked by the round's voters, or rejected with ❌; the `reason` column "
+       "says which. The classes are unbalanced: sample them evenly when training.", _kto,
+       "kto/train-*.parquet"),
     Format("edits", "edits/train.parquet", (
         ("round_id", _S, "the refinement (child) round"),
         ("parent_round_id", _S, "the round it refines"),

@@ -62,7 +62,7 @@ def test_edit_rounds_make_no_caption_pairs_unless_asked(journal: Journal, data_d
     for table in (PAIRS, VOTER_PAIRS):
         assert {r["mode"] for r in rows(plain, table)} == {"text2img"}
         assert log["snowy"] not in {r["round_id"] for r in rows(plain, table)}
-    assert log["snowy"] not in (plain.folder / "kto/metadata.csv").read_text()
+    assert log["snowy"] not in {r["round_id"] for r in rows(plain, "kto/train-00000-of-00001.parquet")}
     assert '"left_out"' in (plain.folder / "export.json").read_text()
     (tmp_path / "asked").mkdir()
     asked = export(journal, data_dir, tmp_path / "asked", formats=("pairs",),
@@ -72,18 +72,18 @@ def test_edit_rounds_make_no_caption_pairs_unless_asked(journal: Journal, data_d
 
 def test_every_format_loads_by_name_with_datasets(journal: Journal, data_dir: Path, tmp_path: Path,
                                                   log: Rounds) -> None:
-    """load_dataset(folder, "<format>") reads that format's train split; kto loads with the imagefolder loader."""
+    """load_dataset(folder, "<format>") reads that format's train split, kto's images decoded."""
     import datasets
 
     result = export(journal, data_dir, tmp_path)
     cache = str(tmp_path / "hf-cache")
     assert result.counts["arena"] == 0 and "config_name: arena" not in (result.folder / "README.md").read_text()
     for fmt, expected in result.counts.items():
-        if fmt in ("kto", "arena"):  # kto loads with imagefolder (below); no arena rounds in this log
+        if fmt == "arena":  # no arena rounds in this log
             continue
         ds = datasets.load_dataset(str(result.folder), fmt, split="train", cache_dir=cache)
         assert len(ds) == expected, fmt
-    kto = datasets.load_dataset("imagefolder", data_dir=str(result.folder / "kto"), split="train", cache_dir=cache)
+    kto = datasets.load_dataset(str(result.folder), "kto", split="train", cache_dir=cache)
     assert len(kto) == result.counts["kto"] == 12
     lighthouse = {r["candidate"]: (r["label"], r["reason"]) for r in kto if r["round_id"] == log["lighthouse"]}
     # ANN and BEN picked 1, CAT 2, EVA "none is good": net [1, 0, -1, -1].

@@ -208,8 +208,8 @@ def test_no_raw_user_id_in_any_file(journal: Journal, data_dir: Path, tmp_path: 
     """Neither the decimal text nor the int64 bytes of any user id appear in any exported file."""
     result = export(journal, data_dir, tmp_path, filters=ExportFilters(excluded_users=frozenset({EVA})))
     files = [p for p in result.folder.rglob("*") if p.is_file()]
-    # 16 images, a mask, 9 tables (ratings twice), 12 kto images (3 text-to-image rounds), 2 cards
-    assert sorted(files) == result.files and len(files) == 40
+    # 16 images, a mask, 9 tables (ratings twice; kto's images are in its table), 2 cards
+    assert sorted(files) == result.files and len(files) == 28
     for path in files:
         data = path.read_bytes()
         for user in USERS:
@@ -276,3 +276,25 @@ def test_bad_requests_are_refused(journal: Journal, data_dir: Path, tmp_path: Pa
         ExportFilters(min_votes=-1)
     with pytest.raises(ValueError, match="before until"):
         ExportFilters(since=2.0, until=1.0)
+
+
+def test_every_config_the_card_names_loads_as_the_card_says(journal: Journal, data_dir: Path, tmp_path: Path,
+                                                            log: Rounds) -> None:
+    """Each `config_name` of the card's `configs:` header loads with `datasets.load_dataset(<folder>, <name>)`,
+    the call the card's Loading paragraph shows, with the rows export.json counts; kto's images decode."""
+    import datasets
+    import yaml
+
+    result = export(journal, data_dir, tmp_path)
+    card = (result.folder / "README.md").read_text()
+    header = yaml.safe_load(card.split("---\n")[1])
+    names = [config["config_name"] for config in header["configs"]]
+    assert names == [fmt for fmt, n in result.counts.items() if n]  # every format with rows; arena has none
+    for name in names:
+        loaded = datasets.load_dataset(str(result.folder), name, cache_dir=str(tmp_path / "hf-cache"))
+        assert list(loaded) == ["train"] and len(loaded["train"]) == result.counts[name], name
+    assert '`datasets.load_dataset("<this folder>", "pairs")`' in card and "imagefolder" not in card
+    kto = datasets.load_dataset(str(result.folder), "kto", cache_dir=str(tmp_path / "hf-cache"))["train"]
+    first = next(r for r in kto if r["round_id"] == log["fox"] and r["candidate"] == 3)
+    assert first["image"].size == (16, 16) and first["image"].convert("RGB").getpixel((8, 8)) == COLOURS[3]
+    assert (first["caption"], first["label"], first["reason"]) == (f"a red fox for @{P(ANN)}", 1, "picked")
