@@ -31,9 +31,9 @@ from bot.wordfilter import WordFilter, normalise
 from pipeline.requests import GenerationRequest
 from storage import export_repo
 from storage.async_journal import EventLog
-from storage.exports import FORMATS, ExportFilters, ExportResult, build_dataset
+from storage.exports import FORMATS, EmptyExportError, ExportFilters, ExportResult, build_dataset
 from storage.journal import Journal
-from storage.pseudonyms import ExportKeyMissingError, Pseudonymiser
+from storage.pseudonyms import ExportKeyMissingError, ExportKeyTooShortError, Pseudonymiser
 from storage.records import ModerationAction, Round, new_id
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,8 @@ def plan_export(*, formats: str | Sequence[str] | None, since: str | None, until
 def pseudonymiser(secret: str) -> Pseudonymiser:
     try:
         return Pseudonymiser.from_secret(secret)
+    except ExportKeyTooShortError as short:
+        raise InvalidInput(f"Dataset exports are not set up: {short} in the bot's environment.") from None
     except ExportKeyMissingError:
         raise InvalidInput(f"Dataset exports are not set up: the bot's operator must set {KEY_ENV} (a long random "
                            "secret that keys the user pseudonyms) in the bot's environment.") from None
@@ -139,6 +141,8 @@ def build(config: Config, plan: ExportPlan, out: Path, pseudo: Pseudonymiser, *,
         pseudo = pseudo.forgetting(forgotten_users(journal) | plan.filters.excluded_users)
         return build_dataset(journal, config.data_dir, out, plan.formats, plan.filters, pseudo, name=plan.name,
                              progress=progress)
+    except EmptyExportError as empty:  # an empty folder committed to Oxen would look like a finished export
+        raise InvalidInput(f"Nothing to export: {empty}. Nothing was written, journaled or committed.") from None
     finally:
         journal.close()
 

@@ -24,7 +24,9 @@ from storage.exports import FORMATS
 def export_text(summary: ExportSummary) -> str:
     counts = " · ".join(f"{n} {fmt}" for fmt, n in summary.counts.items())
     rounds = f"{summary.rounds} round" + ("" if summary.rounds == 1 else "s")
-    lines = [f"📦 Export **{summary.name}**: {counts} from {rounds}.", f"Folder: `{summary.folder}`"]
+    # The name finds it (exports/<name> in the bot's data folder, the dashboard's Exports page); the
+    # server's absolute path is nobody's business in a Discord answer.
+    lines = [f"📦 Export **{summary.name}**: {counts} from {rounds}."]
     if summary.left_out:
         reasons = "; ".join(f"{reason}: {n}" for reason, n in list(summary.left_out.items())[:6])
         lines.append(f"Not used: {reasons[:400]}")
@@ -33,8 +35,8 @@ def export_text(summary: ExportSummary) -> str:
     else:
         lines.append(f"Oxen: not committed: {(summary.error or '')[:300]}")
     if summary.archive is None:
-        lines.append(f"The zipped export is over {ATTACH_LIMIT_BYTES / 1e6:.0f} MB: take it from the folder "
-                     "or push its Oxen repository.")
+        lines.append(f"The zipped export is over {ATTACH_LIMIT_BYTES / 1e6:.0f} MB: take it from "
+                     f"`exports/{summary.name}` in the bot's data folder, or push its Oxen repository.")
     return fit("\n".join(lines))
 
 

@@ -14,13 +14,18 @@ import re
 from collections.abc import Iterable
 
 PREFIX = "u_"
+MIN_KEY_BYTES = 16  # as the dashboard's key: a shorter one can be guessed, and with it every pseudonym undone
 DIGEST_CHARS = 16  # 64 bits: collisions stay negligible for any community size we will see
 MENTION = re.compile(r"<@!?(\d+)>")  # a Discord user mention carries the raw id
 FORGOTTEN_MENTION = "@someone"  # stands in for a mention of a user who ran /forget-me
 
 
 class ExportKeyMissingError(ValueError):
-    """No pseudonymisation key was configured, so an export must not run."""
+    """No usable pseudonymisation key was configured (none, or a short one), so an export must not run."""
+
+
+class ExportKeyTooShortError(ExportKeyMissingError):
+    """REFINERY_EXPORT_KEY is set but shorter than MIN_KEY_BYTES."""
 
 
 class Pseudonymiser:
@@ -36,12 +41,17 @@ class Pseudonymiser:
     @classmethod
     def from_secret(cls, secret: str) -> Pseudonymiser:
         """Build one from the REFINERY_EXPORT_KEY value; refuse an empty or blank secret, because
-        exporting without a key would mean either raw ids or unkeyed (reversible) hashes."""
-        if not secret or not secret.strip():
+        exporting without a key would mean either raw ids or unkeyed (reversible) hashes, and one under
+        MIN_KEY_BYTES (UTF-8). The messages name the variable, never the value."""
+        key = (secret or "").strip().encode("utf-8")
+        if not key:
             raise ExportKeyMissingError(
                 "REFINERY_EXPORT_KEY is empty: set it to a long random secret before exporting datasets"
             )
-        return cls(secret.strip().encode("utf-8"))
+        if len(key) < MIN_KEY_BYTES:
+            raise ExportKeyTooShortError(f"REFINERY_EXPORT_KEY is shorter than {MIN_KEY_BYTES} bytes: set it to a "
+                                         "long random secret (e.g. `openssl rand -hex 32`)")
+        return cls(key)
 
     def user(self, user_id: int) -> str:
         cached = self._cache.get(user_id)

@@ -208,7 +208,7 @@ async def core_service(data_dir: Path, **sections: dict[str, Any]) -> AsyncItera
     queue = LocalQueue(generator)
     await queue.start()
     service = RefineryService(make_config(data_dir, **sections), journal, queue, ImageStore(data_dir), clock=clock,
-                              export_key="test-key")
+                              export_key="test-export-key-0123456789")
     await service.load()
     try:
         yield Core(service, journal, generator, clock, queue)

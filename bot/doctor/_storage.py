@@ -21,6 +21,7 @@ from pathlib import Path
 from bot.config import Config
 from bot.doctor._result import CheckResult, fail, first_line, ok, skip, warn
 from storage.child_env import child_environment
+from storage.pseudonyms import MIN_KEY_BYTES
 from storage.writer_settings import STATUS_FILE, writer_running
 
 MIN_FREE_GB = 1.0  # below this the journal, images and Oxen commits can fail at any moment
@@ -143,7 +144,8 @@ def export_key_check(key: str) -> CheckResult:
         return warn("export key", "REFINERY_EXPORT_KEY is not set: /export and `refinery export` refuse until it "
                                   "is (a long random secret, e.g. `openssl rand -hex 32`; keep it: it keys the "
                                   "pseudonyms)")
-    if len(key) < 16:
-        return warn("export key", f"REFINERY_EXPORT_KEY is only {len(key)} characters: a short key lets anyone "
-                                  "who guesses it undo the pseudonyms; use `openssl rand -hex 32`")
+    if len(key.encode("utf-8")) < MIN_KEY_BYTES:
+        return warn("export key", f"REFINERY_EXPORT_KEY is shorter than {MIN_KEY_BYTES} bytes: /export and "
+                                  "`refinery export` refuse it (a short key lets anyone who guesses it undo the "
+                                  "pseudonyms); use `openssl rand -hex 32`")
     return ok("export key", f"set ({len(key)} characters; never printed)")

@@ -7,7 +7,7 @@ Users appear only as keyed pseudonyms. Committing an export to its own Oxen repo
 `refinery train`.
 """
 
-from storage.exports._build import ExportResult, build_dataset
+from storage.exports._build import EmptyExportError, ExportResult, build_dataset
 from storage.exports._card import dataset_card
 from storage.exports._formats import FORMATS, REGISTRY, Format, winner_side
 from storage.exports._selection import (
@@ -24,6 +24,6 @@ from storage.exports._selection import (
     round_comparisons,
 )
 
-__all__ = ["CAPTIONED_MODES", "FORMATS", "NONE_IS_GOOD", "REGISTRY", "Comparison", "ExportFilters", "ExportResult",
-           "Format", "LogState", "Selection", "build_dataset", "candidate_model", "dataset_card", "decided_pairs",
-           "public_model_id", "replay", "round_comparisons", "winner_side"]
+__all__ = ["CAPTIONED_MODES", "FORMATS", "NONE_IS_GOOD", "REGISTRY", "Comparison", "EmptyExportError",
+           "ExportFilters", "ExportResult", "Format", "LogState", "Selection", "build_dataset", "candidate_model",
+           "dataset_card", "decided_pairs", "public_model_id", "replay", "round_comparisons", "winner_side"]

@@ -38,6 +38,10 @@ log = logging.getLogger("refinery.exports")
 JPEG_QUALITY = 95
 
 
+class EmptyExportError(ValueError):
+    """No round gave a row in any chosen format: there is nothing to write (nor to commit)."""
+
+
 @dataclass(frozen=True)
 class ExportResult:
     folder: Path
@@ -191,6 +195,11 @@ def build_dataset(journal: Journal, data_dir: Path, out: Path, formats: Sequence
             if progress is not None:
                 progress(i, len(ordered))
         counts = builder.close()
+        if not any(counts.values()):
+            left_out = selection.left_out + builder.skipped
+            why = "".join(f"; {reason}: {n}" for reason, n in left_out.most_common())
+            raise EmptyExportError(f"no round gave a row for {', '.join(wanted)} ({len(ordered)} rounds in the log"
+                                   f"{why})")
         meta = {"name": name, "created_at": started, "created_at_iso": iso(started), "journal_seq": state.last_seq,
                 "formats": wanted, "counts": counts, "rounds": len(builder.used_rounds),
                 "images": len(builder.copied), "users_opted_out": len(state.forgotten),

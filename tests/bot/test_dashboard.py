@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pyarrow.parquet as pq
 import yarl
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -210,25 +211,29 @@ async def test_pages_moderation_and_exports(world: World, start_bot, monkeypatch
         assert status == 303
         status, page, _ = await get(f"{base}/moderation", cookies=cookies)
         assert "<code>kraken</code>" in page and "banned_add" in page
+        # Exported before the remove below: an export of nothing but removed rounds is refused.
+        status, _, response = await post(f"{base}/exports", {"csrf": csrf, "name": "weekly", "formats": "ratings"},
+                                         cookies=cookies)
+        assert status == 303 and response.headers["Location"] == "/exports?made=weekly"
         status, _, _ = await post(f"{base}/moderation/round", {"csrf": csrf, "op": "remove", "round": parent,
                                                                "reason": "spam"}, cookies=cookies)
         assert status == 303
         await until(lambda: _gone(world, msg_id))
         actions = [(e.record.action, e.record.moderator_id, e.record.round_id, e.record.reason)
                    for e in await app.journal.events("moderation")]
-        assert actions == [("banned_add", owner, None, "kraken"), ("remove", owner, parent, "dashboard: spam")]
+        assert [a for a in actions if a[0] != "export"] == [("banned_add", owner, None, "kraken"),
+                                                            ("remove", owner, parent, "dashboard: spam")]
+        assert [a[0] for a in actions].count("export") == 1
         status, page, _ = await get(f"{base}/rounds/{parent}", cookies=cookies)
         assert "badge removed" in page
 
-        status, _, response = await post(f"{base}/exports", {"csrf": csrf, "name": "weekly", "formats": "ratings"},
-                                         cookies=cookies)
-        assert status == 303 and response.headers["Location"] == "/exports?made=weekly"
         status, page, _ = await get(f"{base}/exports", cookies=cookies)
         assert "weekly.zip" in page
         async with aiohttp.ClientSession(cookies=cookies) as http, http.get(f"{base}/exports/weekly.zip") as response:
             assert response.status == 200 and response.headers["Content-Type"] == "application/zip"
             archive = zipfile.ZipFile(io.BytesIO(await response.read()))
         assert "weekly/ratings/train.parquet" in archive.namelist()
+        assert len(pq.read_table(io.BytesIO(archive.read("weekly/ratings/train.parquet")))) == 4
         assert not any("/.oxen/" in name for name in archive.namelist())
         status, _, _ = await get(f"{base}/exports/..%2Fjournal.zip", cookies=cookies)
         assert status == 404

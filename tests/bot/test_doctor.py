@@ -15,7 +15,7 @@ from bot.config import Config, Secrets, config_from_dict
 from bot.devserver import DiscordDevServer
 from bot.doctor import CheckResult, Status, collect
 from bot.doctor._discord import token_check
-from bot.doctor._storage import oxen_check, redis_check
+from bot.doctor._storage import export_key_check, oxen_check, redis_check
 from bot.offline import offline_config
 from pipeline.tiny import build_tiny_adapter, build_tiny_safety_checker
 from storage.writer_settings import STATUS_FILE, writer_lock_path
@@ -183,3 +183,12 @@ def test_run_with_a_model_not_cached_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     ours = [line for line in done.stderr.splitlines() if line.startswith("refinery")]
     assert len(ours) == 1 and "model.id = 'someone/not-cached-anywhere'" in ours[0] and "hf download" in ours[0]
+
+
+def test_a_short_export_key_is_called_out_in_bytes() -> None:
+    """An export key under 16 bytes is a warning that says the exports refuse it (without the key); 16 bytes of
+    UTF-8 pass."""
+    short = export_key_check("k" * 15)
+    assert short.status is Status.WARN and "shorter than 16 bytes" in short.detail and "refuse it" in short.detail
+    assert "k" * 15 not in short.detail
+    assert export_key_check("é" * 8).status is Status.OK

@@ -104,3 +104,23 @@ def test_export_bad_option_names_it(config_file: tuple[Path, dict[str, str]], mo
     assert "since='01/02/2026' is not a date" in capsys.readouterr().err
     assert main(["export", "--config", str(path), "--until", "9999-12-31"]) == 2  # no OverflowError traceback
     assert "until=9999-12-31 is out of range" in capsys.readouterr().err
+
+
+def test_a_short_key_or_an_empty_match_is_one_line_and_writes_nothing(
+        config_file: tuple[Path, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A one-character REFINERY_EXPORT_KEY is refused in one line naming the variable, never its value; filters
+    that match no round are refused in one line saying so, with no folder and no Oxen repository."""
+    path, _ = config_file
+    out = tmp_path / "out"
+    monkeypatch.setenv("REFINERY_EXPORT_KEY", "Ж")
+    assert main(["export", "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "REFINERY_EXPORT_KEY is shorter than 16 bytes" in err[0], err
+    assert "Ж" not in err[0]
+    assert not out.exists()
+    monkeypatch.setenv("REFINERY_EXPORT_KEY", "cli-test-key-0123456789")
+    assert main(["export", "--config", str(path), "--out", str(out), "--channel", "99"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("refinery")]
+    assert len(err) == 1 and err[0].startswith("refinery export: Nothing to export: no round gave a row"), err
+    assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -131,8 +132,9 @@ async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, s
 
         elsewhere = await slash(world, "export", {"name": "general-only", "formats": "ratings, pairs",
                                                   "channel": world.general, "min_votes": 1}, carol,
-                                lambda i: bool(i.original and "📦" in i.original["content"]))
-        assert "0 ratings · 0 pairs from 0 rounds." in elsewhere.original["content"]
+                                lambda i: bool(i.original and "⚠️" in i.original["content"]))
+        assert "Nothing to export: no round gave a row for ratings, pairs" in elsewhere.original["content"]
+        assert not (data_dir / "exports" / "general-only").exists()
 
         await server.add_reaction(ch, a_msg, world.alice, THREE)  # after the exports: must land on main
         await until(lambda: app.journal.has_vote(a, 3, world.alice))
@@ -149,7 +151,7 @@ async def test_moderator_export_leaves_out_flagged_and_forgotten(world: World, s
                   for m in main["tables"]["moderation"]]
     # the 🚩 and /forget-me events race each other to the journal; the export comes after both
     assert set(moderation[:2]) == {("flag", carol, c, world.alice), ("forget_me", world.bob, None, world.bob)}
-    assert moderation[2:] == [("export", carol, None, None)] * 2
+    assert moderation[2:] == [("export", carol, None, None)]  # the export that matched nothing is not one
 
     published = committed_tree(folder)
     assert published["log"] == [published["log"][0]] and published["log"][0].startswith(
@@ -230,3 +232,35 @@ async def test_a_forgotten_user_is_named_nowhere_in_a_later_export(world: World,
         text = str(pq.read_table(path).to_pylist()) if path.suffix == ".parquet" else path.read_bytes().decode(
             "utf-8", "replace")
         assert pseudonym not in text and str(world.bob) not in text, path
+
+
+async def test_the_export_answer_names_the_export_and_commit_not_the_servers_path(world: World, start_bot,
+                                                                                   monkeypatch) -> None:
+    """The /export answer shows the export's name and its Oxen commit, never the server's absolute folder; an
+    export no round matches is refused in words, with nothing written, journaled or committed; a key under
+    16 bytes is refused naming REFINERY_EXPORT_KEY, never its value."""
+    monkeypatch.setenv("REFINERY_EXPORT_KEY", KEY)
+    owner = world.server.add_user("owner", permissions=MANAGE_GUILD)
+    async with start_bot() as app:
+        msg, round_id = await make_round(world, app, world.alice, "a red fox")
+        await world.server.add_reaction(world.imagine, msg, world.bob, TWO)
+        await until(lambda: app.journal.has_vote(round_id, 2, world.bob))
+        answer = await slash(world, "export", {"name": "weekly", "formats": "ratings"}, owner,
+                             lambda i: bool(i.original and "📦" in i.original["content"]))
+        text = answer.original["content"]
+        data_dir = app.config.data_dir
+        assert "Export **weekly**: 4 ratings from 1 round." in text, text
+        assert re.search(r"commit `[0-9a-f]{16,}`", text), text
+        assert str(data_dir.resolve()) not in text and str(data_dir) not in text, text
+
+        empty = await slash(world, "export", {"name": "nothing", "channel": world.general}, owner,
+                            lambda i: bool(i.original and "⚠️" in i.original["content"]))
+        assert "Nothing to export: no round gave a row" in empty.original["content"], empty.original["content"]
+        assert not (data_dir / "exports" / "nothing").exists()
+        assert await moderation_count(app) == 1  # only the first export is journaled
+
+        monkeypatch.setenv("REFINERY_EXPORT_KEY", "short-key")
+        short = await slash(world, "export", {"name": "short"}, owner,
+                            lambda i: bool(i.original and "⚠️" in i.original["content"]))
+        assert "REFINERY_EXPORT_KEY is shorter than 16 bytes" in short.original["content"]
+        assert "short-key" not in short.original["content"] and not (data_dir / "exports" / "short").exists()

@@ -13,7 +13,7 @@ import pyarrow.csv as pacsv
 import pytest
 from PIL import Image
 
-from storage.exports import FORMATS, ExportFilters, build_dataset
+from storage.exports import FORMATS, EmptyExportError, ExportFilters, build_dataset
 from storage.journal import Journal
 from storage.pseudonyms import ExportKeyMissingError, Pseudonymiser, from_secret
 from tests.storage.export_log import (
@@ -37,11 +37,12 @@ from tests.storage.export_log import (
 
 def test_pseudonyms_are_keyed_hashes_stable_within_a_key() -> None:
     """u_ + the first 16 hex chars of HMAC-SHA256(key, str(id)): same key, same pseudonym; new key, new one."""
-    one, again, other = Pseudonymiser(b"k1"), Pseudonymiser(b"k1"), Pseudonymiser(b"k2")
-    assert one.user(ANN) == "u_" + hmac.new(b"k1", str(ANN).encode(), hashlib.sha256).hexdigest()[:16]
-    assert one.user(ANN) == again.user(ANN) == from_secret("k1").user(ANN)
+    k1, k2 = b"first-key-0123456789", b"second-key-0123456789"
+    one, again, other = Pseudonymiser(k1), Pseudonymiser(k1), Pseudonymiser(k2)
+    assert one.user(ANN) == "u_" + hmac.new(k1, str(ANN).encode(), hashlib.sha256).hexdigest()[:16]
+    assert one.user(ANN) == again.user(ANN) == from_secret(k1.decode()).user(ANN)
     assert one.user(ANN) != other.user(ANN) and one.user(ANN) != one.user(BEN)
-    assert "k1" not in repr(one)
+    assert "first-key" not in repr(one)
 
 
 @pytest.mark.parametrize("secret", ["", "   "])
@@ -298,3 +299,27 @@ def test_every_config_the_card_names_loads_as_the_card_says(journal: Journal, da
     first = next(r for r in kto if r["round_id"] == log["fox"] and r["candidate"] == 3)
     assert first["image"].size == (16, 16) and first["image"].convert("RGB").getpixel((8, 8)) == COLOURS[3]
     assert (first["caption"], first["label"], first["reason"]) == (f"a red fox for @{P(ANN)}", 1, "picked")
+
+
+@pytest.mark.parametrize("secret", ["k", "x" * 15, "é" * 7, "  fifteen-bytes! "])
+def test_a_short_export_key_is_refused_by_name_not_value(secret: str) -> None:
+    """A key under 16 bytes (UTF-8, blanks stripped) is refused as the dashboard's is: one line that names
+    REFINERY_EXPORT_KEY and never the value; 16 bytes are enough."""
+    with pytest.raises(ExportKeyMissingError) as refused:
+        from_secret(secret)
+    message = str(refused.value)
+    assert message.startswith("REFINERY_EXPORT_KEY is shorter than 16 bytes") and "\n" not in message
+    assert secret.strip() not in message
+    assert from_secret("x" * 16).user(ANN) and from_secret("é" * 8).user(ANN)
+
+
+def test_an_export_that_matches_nothing_writes_nothing(journal: Journal, data_dir: Path, tmp_path: Path,
+                                                        log: Rounds) -> None:
+    """Filters no round passes raise EmptyExportError saying why the rounds were not used; no folder (not even
+    a partial one) is left to commit."""
+    with pytest.raises(EmptyExportError) as empty:
+        export(journal, data_dir, tmp_path, filters=ExportFilters(channel_id=99))
+    assert str(empty.value) == ("no round gave a row for ratings, pairs, voter_pairs, rankings, kto, edits, "
+                                "edit_pairs, arena (9 rounds in the log; outside the date range or channel: 5; "
+                                "flagged, opted out, or refines such a round: 3; removed by a moderator: 1)")
+    assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".export.partial-*"))
