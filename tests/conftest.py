@@ -75,6 +75,14 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
 
 
 @pytest.fixture(scope="session")
+def toy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The toy world's trained checkpoint (shipped with the project, checked against its manifest)."""
+    from pipeline.toyworld import copy_toy_model
+
+    return copy_toy_model(tmp_path_factory.mktemp("toy") / "toy-model")
+
+
+@pytest.fixture(scope="session")
 def colour_model(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny checkpoint with two config values changed so that a random UNet can see colour (for the
     tests where training must learn "reddish beats bluish").
@@ -131,9 +139,9 @@ def start_bot(world: World, tiny_models: TinyModels, tmp_path: Path
     """Start the real bot against the loopback server and the tiny model: `async with start_bot(...) as app`."""
 
     def start(overrides: dict[str, dict[str, Any]] | None = None, *, start_writer: bool = False,
-              data_dir: Path | None = None, generator: Generator | None = None
+              data_dir: Path | None = None, generator: Generator | None = None, model: Path | None = None
               ) -> contextlib.AbstractAsyncContextManager[App]:
-        config = offline_config(world.server, tiny_models.sd, data_dir or tmp_path / "data", overrides)
+        config = offline_config(world.server, model or tiny_models.sd, data_dir or tmp_path / "data", overrides)
         return offline_bot(world.server, config, start_writer=start_writer, generator=generator)
 
     return start

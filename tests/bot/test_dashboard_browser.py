@@ -1,15 +1,19 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright), JavaScript off: a moderator
-follows the link `/dashboard` gave them, sees the gallery with the votes cast, the lineage of a refined
-round, flags a round and exports. Screenshots land in the test's tmp_path."""
+follows the link `/dashboard` gave them, sees the gallery with the votes cast (the toy model's shapes, in
+the colour the prompt asked for), the lineage of a refined round, flags a round and exports. Screenshots
+land in the test's tmp_path."""
 
 from __future__ import annotations
 
+import io
 import re
 import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from pipeline.toyworld import world as toy
 from tests.bot.test_dashboard import login_link
 from tests.cogs.test_export import make_round, until
 from tests.conftest import World
@@ -19,20 +23,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not CHROMIUM.exists(), reason
     "no /usr/bin/chromium: install Debian's chromium (`apt-get install -y chromium`, as .ci/run does)"))]
 
 
-async def test_moderator_uses_the_dashboard_in_a_browser(world: World, start_bot, tmp_path: Path,
+async def test_moderator_uses_the_dashboard_in_a_browser(world: World, start_bot, toy_model: Path, tmp_path: Path,
                                                          monkeypatch) -> None:
     from playwright.async_api import async_playwright
 
     monkeypatch.setenv("REFINERY_EXPORT_KEY", "test-export-key-0123456789")
     server = world.server
     carol = server.add_user("carol", roles=[server.add_role("Mods")])
-    async with start_bot({"moderation": {"moderator_roles": ["Mods"]}}) as app:
-        msg_id, rid = await make_round(world, app, world.alice, "a lighthouse at dusk")
+    async with start_bot({"moderation": {"moderator_roles": ["Mods"]}, "generation": {"default_steps": 10}},
+                         model=toy_model) as app:
+        msg_id, rid = await make_round(world, app, world.alice, "a blue circle on a white background")
         cast = [(world.alice, "1️⃣"), (world.bob, "1️⃣"), (carol, "3️⃣"), (world.bob, "4️⃣")]
         for user, emoji in cast:
             await server.add_reaction(world.imagine, msg_id, user, emoji)
         await server.remove_reaction(world.imagine, msg_id, world.bob, "4️⃣")  # a retraction: not counted
-        await server.send_message(world.imagine, world.bob, "1: in watercolor", reply_to=msg_id)
+        await server.send_message(world.imagine, world.bob, "1: larger", reply_to=msg_id)
 
         async def settled() -> bool:
             state = await app.journal.vote_state(rid)
@@ -57,6 +62,9 @@ async def test_moderator_uses_the_dashboard_in_a_browser(world: World, start_bot
                 for k in range(4):  # each thumbnail really loaded (a broken image has no natural size)
                     await thumbs.nth(k).scroll_into_view_if_needed()
                     assert await thumbs.nth(k).evaluate("img => img.complete && img.naturalWidth > 0")
+                # What the moderator sees is the toy world: blue shapes on white, as the prompt asked.
+                seen = [toy.measure(Image.open(io.BytesIO(await thumbs.nth(k).screenshot()))) for k in range(4)]
+                assert sum(m.colour == "blue" and m.background == "white" for m in seen) >= 3, seen
                 assert await card.locator("span.votes").all_inner_texts() == ["2", "0", "1", "0"]
                 assert "3 voters" in await card.inner_text()
                 await page.screenshot(path=str(tmp_path / "gallery.png"), full_page=True)
@@ -65,7 +73,7 @@ async def test_moderator_uses_the_dashboard_in_a_browser(world: World, start_bot
                 tree = page.locator("svg.lineage")
                 assert await tree.locator("g.node").count() == 2
                 assert await tree.locator(f'g.node.current[data-round="{child.round_id}"]').count() == 1
-                assert "#1 · img2img · in watercolor" in (await tree.text_content() or "")
+                assert "#1 · img2img · larger" in (await tree.text_content() or "")
                 await page.screenshot(path=str(tmp_path / "lineage.png"), full_page=True)
 
                 await page.goto(f"{app.dashboard.base_url}/rounds")
