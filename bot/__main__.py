@@ -104,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             from bot.demo import run_demo
 
             args.out.mkdir(parents=True, exist_ok=True)  # unwritable: one line (OSError below), before any work
+            if (args.out / "data").exists():  # a second session would be appended to the first one's log
+                print(f"refinery demo: {args.out / 'data'} exists: a demo writes a fresh log; choose another --out "
+                      "or remove it", file=sys.stderr)
+                return 2
             return asyncio.run(run_demo(args.out))
         if args.command == "log":
             from storage.status import log_status

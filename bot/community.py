@@ -16,14 +16,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from bot.devserver import DiscordDevServer
 from pipeline.toyworld.community import Voter
+
+if TYPE_CHECKING:
+    from bot.app import App
+    from storage.records import Round
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class PlayedRound:
     picks: dict[int, int]  # voter id → the 1-based position they reacted to
 
 
-async def imagine(server: DiscordDevServer, app: Any, channel: int, user: int, prompt: str, seed: int,
+async def imagine(server: DiscordDevServer, app: App, channel: int, user: int, prompt: str, seed: int,
                   timeout: float = 60) -> PlayedRound:
     """`/imagine prompt seed` and the round it produced, once its images are posted."""
     candidates = app.config.generation.candidates
@@ -52,7 +56,7 @@ async def imagine(server: DiscordDevServer, app: Any, channel: int, user: int, p
     return PlayedRound(rnd.round_id, int(message["id"]), prompt, seed, images, {})
 
 
-async def _round_of(app: Any, message_id: int, timeout: float) -> Any:
+async def _round_of(app: App, message_id: int, timeout: float) -> Round:
     """The round a message shows: the bot links them just after it posts the images."""
     from bot.errors import NotARound
 
@@ -66,29 +70,33 @@ async def _round_of(app: Any, message_id: int, timeout: float) -> Any:
             await asyncio.sleep(0.02)
 
 
-async def vote(server: DiscordDevServer, app: Any, channel: int, played: PlayedRound, voters: Sequence[Voter],
+async def vote(server: DiscordDevServer, app: App, channel: int, played: PlayedRound, voters: Sequence[Voter],
                rng: random.Random) -> PlayedRound:
     """Every voter reacts to the candidate they pick; returns the round with the picks."""
     emoji = app.config.votes.emoji
     picks = {v.user_id: v.pick(played.images, rng) for v in voters}
     for user, k in picks.items():
         await server.add_reaction(channel, played.message_id, user, emoji[k - 1])
-    return PlayedRound(played.round_id, played.message_id, played.prompt, played.seed, played.images, picks)
+    return replace(played, picks=picks)
 
 
-async def play(server: DiscordDevServer, app: Any, channel: int, requester: int, voters: Sequence[Voter],
+async def play(server: DiscordDevServer, app: App, channel: int, requester: int, voters: Sequence[Voter],
                prompts: Sequence[str], *, seed: int = 0) -> list[PlayedRound]:
-    """One round per prompt (seeds drawn from `seed`), voted by `voters`; waits until every vote is journaled."""
-    rng = random.Random(seed)
+    """One round per prompt, voted by `voters`; waits until every vote is journaled.
+
+    The rounds' seeds come from `seed` alone (the voters' random picks draw from another generator), so
+    two communities given the same prompts and seed vote on the very same images.
+    """
+    seeds, picks = random.Random(seed), random.Random(f"{seed}-votes")
     played = []
     for prompt in prompts:
-        rnd = await imagine(server, app, channel, requester, prompt, rng.randrange(1, 2**31))
-        played.append(await vote(server, app, channel, rnd, voters, rng))
+        rnd = await imagine(server, app, channel, requester, prompt, seeds.randrange(1, 2**31))
+        played.append(await vote(server, app, channel, rnd, voters, picks))
     await settled(app, played)
     return played
 
 
-async def settled(app: Any, played: Sequence[PlayedRound], timeout: float = 30) -> None:
+async def settled(app: App, played: Sequence[PlayedRound], timeout: float = 30) -> None:
     """Reactions are handled asynchronously: wait until the journal holds every pick."""
     deadline = time.monotonic() + timeout
     for rnd in played:
@@ -101,33 +109,7 @@ async def settled(app: Any, played: Sequence[PlayedRound], timeout: float = 30) 
             await asyncio.sleep(0.02)
 
 
-@dataclass(frozen=True)
-class Loop:
-    """What one turn of the loop produced: the voted rounds, and the same seeds drawn before and after."""
-
-    voted: list[PlayedRound]
-    base: list[PlayedRound]
-    adapted: list[PlayedRound]
-    train_output: str
-
-
-async def close_the_loop(server: DiscordDevServer, app: Any, config_file: Path, *, channel: int, requester: int,
-                         moderator: int, voters: Sequence[Voter], voted_prompts: Sequence[str],
-                         eval_prompts: Sequence[tuple[str, int]], name: str, train_args: Sequence[str] = (),
-                         seed: int = 0) -> Loop:
-    """Voted rounds → `refinery train` → `/model use` → the eval prompts again with the same seeds.
-
-    The eval prompts are drawn once before training (no adapter) and once after, so each adapter image
-    has a base image with the same prompt and seed to be compared with.
-    """
-    voted = await play(server, app, channel, requester, voters, voted_prompts, seed=seed)
-    base = await draw(server, app, channel, requester, eval_prompts)
-    output = await train_and_use(server, config_file, name, moderator=moderator, channel=channel,
-                                 train_args=train_args)
-    return Loop(voted, base, await draw(server, app, channel, requester, eval_prompts), output)
-
-
-async def draw(server: DiscordDevServer, app: Any, channel: int, requester: int,
+async def draw(server: DiscordDevServer, app: App, channel: int, requester: int,
                prompts: Sequence[tuple[str, int]]) -> list[PlayedRound]:
     """One unvoted round per (prompt, seed), in order."""
     return [await imagine(server, app, channel, requester, prompt, s) for prompt, s in prompts]

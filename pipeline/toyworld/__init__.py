@@ -18,7 +18,7 @@ from pipeline.toyworld.shipped import SHIPPED, ToyModelDamaged, copy_toy_model, 
 # What `refinery train` uses on the toy model unless told otherwise (written into the checkpoint's
 # refinery_train.json): measured so that `refinery train --steps 300` moves what the model draws toward
 # a community's taste without collapsing its variety (README "The toy world").
-TRAIN_DEFAULTS: dict[str, Any] = {"lr": 1e-4, "beta": 500.0, "rank": 4, "batch": 4}
+TRAIN_DEFAULTS: dict[str, Any] = {"lr": 1e-4, "rank": 4, "batch": 4}
 
 
 def rebuild_toy_model(out: Path, *, progress: Any = None) -> float:

@@ -34,6 +34,7 @@ class Taste:
 TASTES: dict[str, Taste] = {
     taste.name: taste for taste in (
         Taste("large", "the shape's area (share of the image)", lambda m: m.area),
+        Taste("small", "how little of the image the shape covers (1 − area)", lambda m: 1.0 - m.area),
         Taste("left", "how far left the shape sits (1 − centroid x)", lambda m: 1.0 - m.x),
         Taste("bright", "the shape's brightness (mean of its pixels, 0–255)", lambda m: m.brightness),
     )
