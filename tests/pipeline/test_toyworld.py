@@ -97,7 +97,7 @@ def test_copy_is_instant_and_loads_as_an_ordinary_pipeline(tmp_path: Path) -> No
         copy_toy_model(tmp_path / "busy")
     pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
     assert type(pipe.scheduler).__name__ == "DDIMScheduler"
-    assert model_defaults(out) == {**TRAIN_DEFAULTS, "resolution": 64}
+    assert model_defaults(out) == {"beta": None, **TRAIN_DEFAULTS, "resolution": 64}  # β: the method's own
 
 
 def test_training_defaults_of_a_folder_without_a_file_and_of_a_hub_id(tmp_path: Path) -> None:
