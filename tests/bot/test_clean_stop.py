@@ -59,7 +59,7 @@ async def test_sigterm_is_bounded_while_discord_is_unreachable(world: World, tin
     try:
         await world.server.wait_until_identified(timeout=90)
         await world.server.close()  # Discord unreachable: the gateway drops the bot, connects are refused
-        await wait_until(lambda: "Attempting a reconnect in 120.00s" in log_path.read_text(), timeout=30,
+        await wait_until(lambda: "Attempting a reconnect in 120.00s" in log_path.read_text(), timeout=90,
                          what="discord.py's reconnect back-off")
         seconds = await _stopped_within(bot, 30)
     finally:
