@@ -61,6 +61,7 @@ def model_line(folder: Path, rebuild: bool) -> Path:
 
 
 async def one_size(model: Path, folder: Path, taste: str, rounds: int, arena_rounds: int) -> None:
+    folder.mkdir(parents=True)
     async with DiscordDevServer() as server:
         channel = server.add_channel("imagine")
         asker, mod = server.add_user("asker"), server.add_user("mod", permissions=MANAGE_GUILD)

@@ -4,7 +4,7 @@ Copies the toy model (a small Stable Diffusion checkpoint trained on a world of 
 with the project), starts the bundled loopback Discord server, connects the real bot to it and plays a
 session — a slash command, a prompt in a channel, votes (one in another emoji spelling) and a
 retraction, a reply that refines the winner, a 🔁 button — and then closes the loop: a simulated
-community that likes large shapes votes on 24 rounds, a moderator trains an adapter on the votes
+community that likes large shapes votes on 48 rounds, a moderator trains an adapter on the votes
 (`refinery train`, beside the running bot), puts it in use (`/model use`), the demo prints how large the
 shapes are before and after on the same prompts and seeds, and runs a blinded arena round whose votes
 `/arena results` counts. Each step's result is printed as the bot gave it; it ends with the commands
@@ -31,7 +31,7 @@ FIRST = "a red circle on a white background"
 SECOND = "a blue square on a black background steps=12 --no green"
 REPLY = "yellow"
 TASTE = "large"  # what the demo's simulated community likes
-VOTED = 24  # rounds it votes on before the moderator trains
+VOTED = 48  # rounds it votes on before the moderator trains (24 moved nothing measurable in bench/toyworld.py)
 
 
 def _say(text: str) -> None:
