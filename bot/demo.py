@@ -22,7 +22,7 @@ from typing import Any
 
 from PIL import Image
 
-from bot.community import COMMUNITY_SETTINGS
+from bot.community import COMMUNITY_SETTINGS, slash_text
 from bot.devserver import MANAGE_GUILD, DiscordDevServer
 from bot.offline import offline_bot, offline_config
 
@@ -148,11 +148,11 @@ async def _close_the_loop(server: DiscordDevServer, app: Any, config_file: Path,
     _say(f"   {moved.line()}")
     adapted_round = await app.service.round_for_message(adapted[0].message_id)
     _say(f"   round {adapted_round.round_id} records adapter {adapted_round.adapter}")
-    await _command(server, "model off", {}, mod, imagine)
+    await slash_text(server, "model off", {}, mod, imagine)
 
     _say("\n8. the moderator: /arena start name:demo-taste fraction:1 — alice's next prompt is a blind A/B round")
     _say("   refinery (only to the moderator): "
-         + await _command(server, "arena start", {"name": "demo-taste", "fraction": 1.0}, mod, imagine))
+         + await slash_text(server, "arena start", {"name": "demo-taste", "fraction": 1.0}, mod, imagine))
     interaction = await server.invoke_slash("imagine", {"prompt": FIRST, "seed": 7},
                                             user_id=alice, channel_id=imagine)
     await interaction.wait_for(lambda i: bool(i.original and len(i.original["attachments"]) == 4))
@@ -165,18 +165,9 @@ async def _close_the_loop(server: DiscordDevServer, app: Any, config_file: Path,
         await server.add_reaction(imagine, int(message["id"]), user, ["1️⃣", "2️⃣", "3️⃣", "4️⃣"][adapter_ks[0] - 1])
     await _settled_votes(app, arena.round_id, expected={adapter_ks[0]: {alice, bob}})
     _say("   alice and bob vote; anyone: /arena results")
-    _say("   refinery:\n     " + (await _command(server, "arena results", {}, alice, imagine)).replace("\n", "\n     "))
-    await _command(server, "arena stop", {}, mod, imagine)
-
-
-async def _command(server: DiscordDevServer, name: str, options: dict[str, Any], user: int, channel: int) -> str:
-    """Run a slash command and return the text of its answer (a reply or a deferred follow-up)."""
-    interaction = await server.invoke_slash(name, options, user_id=user, channel_id=channel)
-    await interaction.wait_for(lambda i: bool(i.original and i.original.get("content"))
-                               or any(r.get("type") == 4 for r in i.responses))
-    if interaction.original and interaction.original.get("content"):
-        return str(interaction.original["content"])
-    return str(next(r for r in interaction.responses if r.get("type") == 4)["data"]["content"])
+    results = await slash_text(server, "arena results", {}, alice, imagine)
+    _say("   refinery:\n     " + results.replace("\n", "\n     "))
+    await slash_text(server, "arena stop", {}, mod, imagine)
 
 
 def _write_config(out: Path, model_dir: Path) -> Path:
