@@ -28,7 +28,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from pipeline.tiny import write_vocab_files
-from pipeline.toyworld import world
+from pipeline.toyworld import evaluate, world
 from pipeline.toyworld.recipe import Recipe, caption_words
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,9 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, float], None]  # phase, step, total, loss
 
 
-def build_toy_model(out: Path, recipe: Recipe, *, progress: Progress | None = None, evaluate_every: int = 0,
-                    start: Path | None = None) -> Path:
-    """Train a toy model by `recipe` and save it as a pipeline folder at `out` (replaced if present).
-
-    `start`: a folder holding this recipe's first stages (its recipe.json says how many), to run only the
-    stages after them — the same weights a run from scratch reaches, without paying again for the rest.
-    """
+def build_toy_model(out: Path, recipe: Recipe, *, progress: Progress | None = None, evaluate_every: int = 0
+                    ) -> Path:
+    """Train a toy model by `recipe` and save it as a pipeline folder at `out` (replaced if present)."""
     started = time.perf_counter()
     torch.manual_seed(recipe.seed)
     rng = random.Random(recipe.seed)
@@ -52,39 +48,26 @@ def build_toy_model(out: Path, recipe: Recipe, *, progress: Progress | None = No
     tokenizer = CLIPTokenizer.from_pretrained(scratch / "tokenizer", model_max_length=recipe.max_tokens)
     _check_tokens(tokenizer)
 
-    if start is None:
-        stages_done, seconds_before = 0, 0.0
-        vae = _train_vae(recipe, rng, progress)
-        vae.save_pretrained(scratch / "vae")  # replaced at the end; lets a long build's VAE be looked at early
-    else:
-        done = json.loads((start / "recipe.json").read_text(encoding="utf-8"))
-        stages_done, seconds_before = int(done["stages_done"]), float(done["seconds"])
-        for _ in range(recipe.vae_steps * recipe.vae_batch):  # the scenes the VAE saw: the dataset's come after
-            world.random_scene(rng)
-        vae = AutoencoderKL.from_pretrained(start / "vae").eval().requires_grad_(False)
+    vae = _train_vae(recipe, rng, progress)
+    vae.save_pretrained(scratch / "vae")  # replaced at the end; lets a long build's VAE be looked at early
     scenes = [world.random_scene(rng) for _ in range(recipe.dataset_size)]
     latents = _encode(vae, scenes, recipe.resolution)
-    if start is None:
-        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+    vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
     latents = latents * vae.config.scaling_factor
 
-    if start is None:
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=recipe.text_hidden, intermediate_size=recipe.text_hidden * 4,
-            num_hidden_layers=recipe.text_layers, num_attention_heads=4, max_position_embeddings=recipe.max_tokens,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ))
-        unet = UNet2DConditionModel(
-            sample_size=recipe.resolution // 8, in_channels=4, out_channels=4,
-            block_out_channels=recipe.unet_channels, layers_per_block=recipe.unet_layers_per_block,
-            down_block_types=("CrossAttnDownBlock2D",) * len(recipe.unet_channels),
-            up_block_types=("CrossAttnUpBlock2D",) * len(recipe.unet_channels),
-            cross_attention_dim=recipe.text_hidden, attention_head_dim=8, norm_num_groups=16,
-        )
-    else:
-        text_encoder = CLIPTextModel.from_pretrained(start / "text_encoder")
-        unet = UNet2DConditionModel.from_pretrained(start / "unet")
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=recipe.text_hidden, intermediate_size=recipe.text_hidden * 4,
+        num_hidden_layers=recipe.text_layers, num_attention_heads=4, max_position_embeddings=recipe.max_tokens,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    unet = UNet2DConditionModel(
+        sample_size=recipe.resolution // 8, in_channels=4, out_channels=4,
+        block_out_channels=recipe.unet_channels, layers_per_block=recipe.unet_layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * len(recipe.unet_channels),
+        up_block_types=("CrossAttnUpBlock2D",) * len(recipe.unet_channels),
+        cross_attention_dim=recipe.text_hidden, attention_head_dim=8, norm_num_groups=16,
+    )
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     captions = [s.caption for s in scenes]
@@ -97,8 +80,8 @@ def build_toy_model(out: Path, recipe: Recipe, *, progress: Progress | None = No
                                        requires_safety_checker=False)
 
     # Each stage: a fresh optimizer, warm-up and cosine decay from the previous stage's averaged weights
-    # (cosine annealing with restarts), so a model can be trained further without starting over.
-    for stage in range(stages_done, len(recipe.unet_stages)):
+    # (cosine annealing with restarts): a longer recipe adds a stage rather than stretching the schedule.
+    for stage in range(len(recipe.unet_stages)):
         _train_unet(recipe, stage, unet, text_encoder, scheduler, latents, ids, empty, progress,
                     evaluate=(lambda: prompt_following(pipeline())) if evaluate_every else None,
                     evaluate_every=evaluate_every)
@@ -106,7 +89,7 @@ def build_toy_model(out: Path, recipe: Recipe, *, progress: Progress | None = No
     pipe = pipeline()
     pipe.save_pretrained(scratch)
     write_vocab_files(scratch / "tokenizer", tuple(caption_words()))  # the SD 1.5 layout: vocab + merges
-    seconds = round(seconds_before + time.perf_counter() - started, 1)
+    seconds = round(time.perf_counter() - started, 1)
     (scratch / "recipe.json").write_text(json.dumps({"digest": recipe.digest(), "seconds": seconds,
                                                      "stages_done": len(recipe.unet_stages)}))
     shutil.rmtree(out, ignore_errors=True)
@@ -177,8 +160,8 @@ def _train_unet(recipe: Recipe, stage: int, unet: UNet2DConditionModel, text_enc
     alphas = scheduler.alphas_cumprod
     generator = torch.Generator().manual_seed(recipe.seed + stage)
     steps = recipe.unet_stages[stage]
-    unet.train()
-    text_encoder.train()
+    unet.train().requires_grad_(True)  # a previous stage ended by freezing both
+    text_encoder.train().requires_grad_(True)
     for step in range(1, steps + 1):
         warm = min(1.0, step / recipe.warmup_steps)
         lr = recipe.unet_lr * warm * 0.5 * (1 + math.cos(math.pi * step / steps))
@@ -242,12 +225,11 @@ class _weights:
 def prompt_following(pipe: StableDiffusionPipeline, *, per_combo: int = 6, steps: int = 10,
                      guidance: float = 7.5, seed: int = 0) -> float:
     """Share of samples, over the held-out combinations, whose shape has the caption's colour."""
-    right = total = 0
-    for k, (colour, shape, background) in enumerate(world.combinations(held_out=True)):
+    images, prompts = [], []
+    for k, combo in enumerate(world.combinations(held_out=True)):
+        prompt = world.caption(*combo)
         generators = [torch.Generator().manual_seed(seed + 1000 * k + i) for i in range(per_combo)]
-        images = pipe(world.caption(colour, shape, background), num_images_per_prompt=per_combo,
-                      num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                      height=64, width=64).images
-        right += sum(world.measure(image).colour == colour for image in images)
-        total += len(images)
-    return right / total
+        images += pipe(prompt, num_images_per_prompt=per_combo, num_inference_steps=steps, guidance_scale=guidance,
+                       generator=generators, height=64, width=64).images
+        prompts += [prompt] * per_combo
+    return evaluate.prompt_following(images, prompts)

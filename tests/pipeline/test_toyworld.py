@@ -132,3 +132,18 @@ def test_samples_of_one_prompt_differ_in_what_people_could_prefer(toy_pipe: Stab
     spread = {name: max(v) - min(v) for name, v in values.items()}
     # Measured at commit time: area 0.31, x 0.36, brightness 21 (of 0–255); the bounds leave room for other CPUs.
     assert spread["area"] > 0.05 and spread["x"] > 0.2 and spread["brightness"] > 10, spread
+
+
+def test_a_rebuild_runs_every_stage_and_saves_a_loadable_pipeline(tmp_path: Path) -> None:
+    """The trainer behind `refinery toy-model --rebuild`, on a few steps: two UNet stages (the second starts
+    from the first's averaged weights), a folder an unmodified pipeline loads, its recipe digest recorded."""
+    from pipeline.toyworld.build import build_toy_model
+
+    torch.set_num_threads(1)
+    recipe = Recipe(vae_steps=2, vae_batch=4, unet_stages=(2, 2), unet_batch=4, dataset_size=16)
+    out = build_toy_model(tmp_path / "toy", recipe)
+    assert json.loads((out / "recipe.json").read_text())["digest"] == recipe.digest() != Recipe().digest()
+    pipe = StableDiffusionPipeline.from_pretrained(out, local_files_only=True)
+    assert pipe(world.caption("red", "circle", "white"), num_inference_steps=2, height=64, width=64,
+                output_type="np").images.shape == (1, 64, 64, 3)
+    assert not (tmp_path / ".toy.building").exists()
